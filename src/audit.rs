@@ -1,0 +1,248 @@
+//! The audit trail: one JSON line per request with findings, emitted through tracing on the
+//! `pinhook::audit` target and written verbatim to stdout by [`AuditLayer`].
+
+use std::io::Write;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::Context;
+
+use crate::admission::{Decision, Outcome};
+
+/// The tracing target audit events are emitted on.
+pub const TARGET: &str = "pinhook::audit";
+
+/// One violation in an audit record.
+#[derive(Debug, Serialize)]
+pub struct Violation<'a> {
+    /// The container's name.
+    pub container: &'a str,
+    /// Field path, e.g. `spec.containers[0]`.
+    pub path: &'a str,
+    /// The image as written.
+    pub image: &'a str,
+    /// Machine-readable rule, e.g. `mutable-tag`.
+    pub rule: &'static str,
+    /// The full sentence shown to the user.
+    pub reason: String,
+}
+
+/// Who asked for what, for the audit record.
+#[derive(Debug, Default, Clone)]
+pub struct RequestInfo {
+    /// `request.uid`.
+    pub uid: String,
+    /// `CREATE`, `UPDATE`, ….
+    pub operation: String,
+    /// `request.userInfo.username`.
+    pub user: String,
+    /// `request.dryRun`.
+    pub dry_run: bool,
+    /// The endpoint that answered (`validate`, `mutate`, or `check`).
+    pub endpoint: &'static str,
+}
+
+/// The audit record of one decision.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record<'a> {
+    /// RFC 3339 UTC time.
+    pub timestamp: String,
+    /// `admission.denied`, `admission.warned` or `admission.audited`.
+    pub event: String,
+    /// `request.uid`.
+    pub uid: &'a str,
+    /// The operation.
+    pub operation: &'a str,
+    /// The namespace.
+    pub namespace: &'a str,
+    /// The object's kind.
+    pub kind: &'a str,
+    /// The object's name (empty when generated).
+    pub name: &'a str,
+    /// `metadata.generateName`.
+    pub generate_name: &'a str,
+    /// Who made the request.
+    pub user: &'a str,
+    /// Whether the request was a dry run.
+    pub dry_run: bool,
+    /// The policy mode that applied.
+    pub mode: &'a str,
+    /// The endpoint that answered.
+    pub endpoint: &'a str,
+    /// Every offending container.
+    pub violations: Vec<Violation<'a>>,
+}
+
+impl<'a> Record<'a> {
+    /// The record for `decision`, or `None` when there is nothing to record.
+    pub fn of(decision: &'a Decision, info: &'a RequestInfo) -> Option<Self> {
+        let outcome = decision.outcome();
+        if outcome == Outcome::Allowed {
+            return None;
+        }
+        Some(Self {
+            timestamp: OffsetDateTime::now_utc()
+                .format(&Rfc3339)
+                .unwrap_or_default(),
+            event: format!("admission.{}", outcome.as_str()),
+            uid: &info.uid,
+            operation: &info.operation,
+            namespace: &decision.object.namespace,
+            kind: &decision.object.kind,
+            name: &decision.object.name,
+            generate_name: &decision.object.generate_name,
+            user: &info.user,
+            dry_run: info.dry_run,
+            mode: decision.mode.map(|m| m.as_str()).unwrap_or_default(),
+            endpoint: info.endpoint,
+            violations: decision
+                .findings
+                .iter()
+                .map(|f| Violation {
+                    container: &f.container,
+                    path: &f.path,
+                    image: &f.image,
+                    rule: f.reason.code(),
+                    reason: f.reason.describe(&f.image),
+                })
+                .collect(),
+        })
+    }
+
+    /// Emits the record as one JSON line on the audit target.
+    pub fn emit(&self) {
+        match serde_json::to_string(self) {
+            Ok(line) => tracing::info!(target: TARGET, line = %line),
+            Err(e) => tracing::error!(error = %e, uid = self.uid, "cannot serialize audit record"),
+        }
+    }
+}
+
+/// Records the audit line of `decision`, if it has findings.
+pub fn record(decision: &Decision, info: &RequestInfo) {
+    if let Some(r) = Record::of(decision, info) {
+        r.emit();
+    }
+}
+
+/// A tracing layer that writes the `line` field of audit events to stdout, unchanged.
+#[derive(Debug, Default)]
+pub struct AuditLayer;
+
+struct LineVisitor(Option<String>);
+
+impl Visit for LineVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "line" {
+            self.0 = Some(value.to_owned());
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "line" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        if event.metadata().target() != TARGET {
+            return;
+        }
+        let mut v = LineVisitor(None);
+        event.record(&mut v);
+        if let Some(mut line) = v.0 {
+            line.push('\n');
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::{Finding, ObjectRef};
+    use crate::policy::{Mode, Reason};
+
+    fn decision(mode: Mode) -> Decision {
+        Decision {
+            object: ObjectRef {
+                kind: "Pod".into(),
+                namespace: "shop".into(),
+                name: String::new(),
+                generate_name: "web-".into(),
+            },
+            mode: Some(mode),
+            skipped: None,
+            findings: vec![Finding {
+                container: "web".into(),
+                path: "spec.containers[0]".into(),
+                pointer: "/spec/containers/0/image".into(),
+                image: "nginx:latest".into(),
+                reason: Reason::MutableTag("latest".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn record_has_every_field() {
+        let d = decision(Mode::Enforce);
+        let info = RequestInfo {
+            uid: "u1".into(),
+            operation: "CREATE".into(),
+            user: "alice".into(),
+            dry_run: true,
+            endpoint: "validate",
+        };
+        let v: serde_json::Value = serde_json::to_value(Record::of(&d, &info).unwrap()).unwrap();
+        for key in [
+            "timestamp",
+            "event",
+            "uid",
+            "operation",
+            "namespace",
+            "kind",
+            "name",
+            "user",
+            "dryRun",
+            "mode",
+            "violations",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+        assert_eq!(v["event"], "admission.denied");
+        assert_eq!(v["dryRun"], true);
+        assert_eq!(v["violations"][0]["container"], "web");
+        assert_eq!(v["violations"][0]["path"], "spec.containers[0]");
+        assert_eq!(v["violations"][0]["image"], "nginx:latest");
+        assert!(
+            v["violations"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("mutable tag")
+        );
+    }
+
+    #[test]
+    fn event_follows_mode() {
+        let info = RequestInfo::default();
+        assert_eq!(
+            Record::of(&decision(Mode::Warn), &info).unwrap().event,
+            "admission.warned"
+        );
+        assert_eq!(
+            Record::of(&decision(Mode::Audit), &info).unwrap().event,
+            "admission.audited"
+        );
+    }
+
+    #[test]
+    fn nothing_to_record_when_clean() {
+        let mut d = decision(Mode::Enforce);
+        d.findings.clear();
+        assert!(Record::of(&d, &RequestInfo::default()).is_none());
+    }
+}

@@ -1,0 +1,120 @@
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use pinhook::config::{CertArgs, CheckArgs, Cli, Command, LogFormat};
+use pinhook::{audit, certs, check, policy::Policy, server};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("pinhook: {e:#}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => return check(&args),
+        Command::Cert(args) => cert(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "pinhook failed");
+            eprintln!("pinhook: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stdout (stderr for the CLI subcommands), JSON by default; audit lines always pass.
+fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(format!("{},{}=off", cli.log_level, audit::TARGET))
+        .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?;
+    let to_stderr = !matches!(cli.command, Command::Serve(_));
+    let fmt = match (cli.log_format, to_stderr) {
+        (LogFormat::Json, false) => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .boxed(),
+        (LogFormat::Json, true) => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        (LogFormat::Text, false) => tracing_subscriber::fmt::layer().boxed(),
+        (LogFormat::Text, true) => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(audit::AuditLayer)
+        .try_init()
+        .context("cannot install the log subscriber")
+}
+
+fn serve(args: pinhook::config::ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(server::serve(args))?;
+    Ok(())
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let policy = match &args.policy {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("pinhook check: {e}");
+                return ExitCode::from(check::EXIT_UNREADABLE as u8);
+            }
+        },
+        None => Policy::default(),
+    };
+    let report = check::check_files(&policy, &args.files, &args.namespace);
+    for line in report.lines() {
+        println!("{line}");
+    }
+    for e in &report.errors {
+        eprintln!("pinhook check: {e}");
+    }
+    let denied = report
+        .checked
+        .iter()
+        .filter(|c| c.decision.outcome() == pinhook::admission::Outcome::Denied)
+        .count();
+    eprintln!(
+        "pinhook check: {} object(s) checked, {denied} would be denied, {} input error(s)",
+        report.checked.len(),
+        report.errors.len()
+    );
+    ExitCode::from(report.exit_code() as u8)
+}
+
+fn cert(args: &CertArgs) -> anyhow::Result<()> {
+    let c = certs::generate(&args.names, args.days)?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    for (name, pem) in [
+        ("ca.crt", &c.ca_pem),
+        ("tls.crt", &c.cert_pem),
+        ("tls.key", &c.key_pem),
+    ] {
+        let path = args.out_dir.join(name);
+        std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "wrote ca.crt, tls.crt and tls.key for {:?} to {}",
+        args.names,
+        args.out_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Prometheus metrics, every name prefixed `pinhook_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of an admission request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `validate` or `mutate`.
+    pub endpoint: &'static str,
+    /// `allowed`, `denied`, `warned`, `audited`, or `error` for a request that was not an AdmissionReview.
+    pub decision: &'static str,
+}
+
+/// Labels of an admission latency observation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// `validate` or `mutate`.
+    pub endpoint: &'static str,
+}
+
+/// Labels of a reload attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+/// Labels of a finding.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationLabels {
+    /// The rule, e.g. `mutable-tag`.
+    pub rule: &'static str,
+    /// `enforce`, `warn` or `audit`.
+    pub mode: &'static str,
+}
+
+/// Every metric pinhook exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Admission requests by endpoint and decision.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Admission handling latency in seconds.
+    pub duration: Family<EndpointLabels, Histogram>,
+    /// Offending containers found, by rule and mode.
+    pub violations: Family<ViolationLabels, Counter>,
+    /// Policy file reloads by result.
+    pub policy_reloads: Family<ReloadLabels, Counter>,
+    /// 1 when the last policy load succeeded, 0 when the file on disk is invalid.
+    pub policy_valid: Gauge,
+    /// TLS certificate reloads by result.
+    pub tls_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pinhook");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "Admission requests by endpoint and decision",
+            requests.clone(),
+        );
+        let duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ])
+        });
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission request",
+            duration.clone(),
+        );
+        let violations = Family::<ViolationLabels, Counter>::default();
+        registry.register(
+            "violations",
+            "Offending containers found, by rule and mode",
+            violations.clone(),
+        );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy file reloads by result",
+            policy_reloads.clone(),
+        );
+        let policy_valid = Gauge::default();
+        registry.register(
+            "policy_valid",
+            "1 when the policy file on disk is the one in force, 0 when it is invalid",
+            policy_valid.clone(),
+        );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "TLS certificate reloads by result",
+            tls_reloads.clone(),
+        );
+        policy_valid.set(1);
+        Self {
+            registry,
+            requests,
+            duration,
+            violations,
+            policy_reloads,
+            policy_valid,
+            tls_reloads,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,594 @@
+//! The HTTPS webhook server (`/validate`), the plain-HTTP health and metrics listener, hot
+//! reload of the policy and certificate, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum_server::tls_rustls::RustlsConfig;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionReview, META_API_VERSION_V1, META_KIND};
+
+use crate::admission;
+use crate::audit::{self, RequestInfo};
+use crate::config::{ServeArgs, parse_duration};
+use crate::metrics::{EndpointLabels, Metrics, ReloadLabels, RequestLabels, ViolationLabels};
+use crate::policy::{Policy, PolicyError};
+use crate::reload::FileWatch;
+use crate::tls::{self, TlsError};
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The policy file is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listener could not be bound or served.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every request.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    policy: ArcSwap<Policy>,
+    metrics: Metrics,
+    ready: AtomicBool,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+}
+
+impl AppState {
+    /// New state serving `policy`, not yet ready.
+    pub fn new(policy: Policy, max_body_bytes: usize, body_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                policy: ArcSwap::from_pointee(policy),
+                metrics: Metrics::new(),
+                ready: AtomicBool::new(false),
+                max_body_bytes,
+                body_timeout,
+            }),
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Marks the server ready (or not) for `/readyz`.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.inner.policy.load_full()
+    }
+
+    /// Replaces the policy for subsequent requests.
+    pub fn set_policy(&self, policy: Policy) {
+        self.inner.policy.store(Arc::new(policy));
+    }
+}
+
+/// The webhook endpoints (served over TLS).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Health, readiness and metrics (served over plain HTTP).
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; pinhook serves POST /validate".into(),
+    )
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.inner.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics().encode(),
+    )
+        .into_response()
+}
+
+/// A request that is not a usable AdmissionReview.
+#[derive(Debug)]
+struct BadRequest {
+    status: StatusCode,
+    message: String,
+}
+
+fn error_response(status: StatusCode, message: String) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Reads the body within the size limit and the deadline.
+async fn read_body(state: &AppState, body: Body, deadline: Duration) -> Result<Bytes, BadRequest> {
+    let limit = state.inner.max_body_bytes;
+    let too_large = || BadRequest {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),
+    };
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(deadline, collect).await {
+        Err(_) => Err(BadRequest {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "request body not received within {}s",
+                deadline.as_secs_f64()
+            ),
+        }),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(BadRequest {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("cannot read request body: {e}"),
+        }),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Parses an AdmissionReview v1 with a request.
+fn parse_review(bytes: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRequest> {
+    let bad = |message: String| BadRequest {
+        status: StatusCode::BAD_REQUEST,
+        message,
+    };
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_data() {
+            bad(format!("body is not an AdmissionReview: {e}"))
+        } else {
+            bad(format!("body is not valid JSON: {e}"))
+        }
+    })?;
+    if review.types.api_version != META_API_VERSION_V1 || review.types.kind != META_KIND {
+        return Err(bad(format!(
+            "unsupported review {}/{}; pinhook speaks {META_API_VERSION_V1}/{META_KIND}",
+            review.types.api_version, review.types.kind
+        )));
+    }
+    let req: AdmissionRequest<DynamicObject> = review
+        .try_into()
+        .map_err(|_| bad("AdmissionReview has no request".into()))?;
+    if req.uid.is_empty() {
+        return Err(bad("AdmissionReview request has an empty uid".into()));
+    }
+    Ok(req)
+}
+
+/// The deadline the API server gave (`?timeout=10s`), else the configured one.
+fn request_deadline(query: Option<&str>, default: Duration) -> Duration {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|v| parse_duration(v).ok())
+        .unwrap_or(default)
+}
+
+async fn validate(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    handle(state, "validate", query, request).await
+}
+
+async fn handle(
+    state: AppState,
+    endpoint: &'static str,
+    query: Option<String>,
+    request: Request,
+) -> Response {
+    let start = Instant::now();
+    let metrics = state.metrics();
+    let result = async {
+        let deadline = request_deadline(query.as_deref(), state.inner.body_timeout);
+        if let Some(len) = request.headers().get(header::CONTENT_LENGTH)
+            && let Some(len) = len.to_str().ok().and_then(|s| s.parse::<u64>().ok())
+            && len > state.inner.max_body_bytes as u64
+        {
+            return Err(BadRequest {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!(
+                    "request body of {len} bytes exceeds the limit of {} bytes (--max-body-bytes)",
+                    state.inner.max_body_bytes
+                ),
+            });
+        }
+        let bytes = read_body(&state, request.into_body(), deadline).await?;
+        parse_review(&bytes)
+    }
+    .await;
+    let req = match result {
+        Ok(req) => req,
+        Err(bad) => {
+            tracing::warn!(endpoint, status = bad.status.as_u16(), error = %bad.message, "rejected malformed admission request");
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    endpoint,
+                    decision: "error",
+                })
+                .inc();
+            return error_response(bad.status, bad.message);
+        }
+    };
+    let policy = state.policy();
+    let decision = admission::review(&policy, &req);
+    let outcome = decision.outcome();
+    if outcome != admission::Outcome::Allowed {
+        let info = RequestInfo {
+            uid: req.uid.clone(),
+            operation: serde_json::to_value(&req.operation)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            user: req.user_info.username.clone().unwrap_or_default(),
+            dry_run: req.dry_run,
+            endpoint,
+        };
+        audit::record(&decision, &info);
+        let mode = decision.mode.map(|m| m.as_str()).unwrap_or_default();
+        for f in &decision.findings {
+            metrics
+                .violations
+                .get_or_create(&ViolationLabels {
+                    rule: f.reason.code(),
+                    mode,
+                })
+                .inc();
+        }
+    }
+    let mut response = decision.respond(&req);
+    response.types.api_version = META_API_VERSION_V1.to_owned();
+    response.types.kind = META_KIND.to_owned();
+    let body = match serde_json::to_vec(&response.into_review()) {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot serialize response: {e}"),
+            );
+        }
+    };
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint,
+            decision: outcome.as_str(),
+        })
+        .inc();
+    metrics
+        .duration
+        .get_or_create(&EndpointLabels { endpoint })
+        .observe(start.elapsed().as_secs_f64());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Reloads the policy when its file changes; an invalid file is refused and the old policy kept.
+fn watch_policy(state: AppState, mut watch: FileWatch, path: PathBuf, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(snapshot) = watch.poll() else {
+                continue;
+            };
+            let file = path.display().to_string();
+            let loaded = snapshot.map_err(|e| e.to_string()).and_then(|files| {
+                let text = String::from_utf8_lossy(&files[0]);
+                Policy::from_yaml(&text, &file).map_err(|e| e.to_string())
+            });
+            let metrics = state.metrics();
+            match loaded {
+                Ok(policy) => {
+                    state.set_policy(policy);
+                    metrics
+                        .policy_reloads
+                        .get_or_create(&ReloadLabels { result: "success" })
+                        .inc();
+                    metrics.policy_valid.set(1);
+                    tracing::info!(policy = %file, "policy reloaded");
+                }
+                Err(error) => {
+                    metrics
+                        .policy_reloads
+                        .get_or_create(&ReloadLabels { result: "failure" })
+                        .inc();
+                    metrics.policy_valid.set(0);
+                    tracing::error!(policy = %file, %error, "policy reload refused; the previous policy stays in force");
+                }
+            }
+        }
+    });
+}
+
+/// Swaps in a new certificate for new connections when the files change; open ones keep theirs.
+fn watch_certificate(
+    state: AppState,
+    config: RustlsConfig,
+    mut watch: FileWatch,
+    cert: PathBuf,
+    key: PathBuf,
+    interval: Duration,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(snapshot) = watch.poll() else {
+                continue;
+            };
+            let loaded = snapshot.map_err(|e| e.to_string()).and_then(|files| {
+                tls::from_pem(&files[0], &files[1], &cert, &key).map_err(|e| e.to_string())
+            });
+            let metrics = state.metrics();
+            match loaded {
+                Ok(server_config) => {
+                    config.reload_from_config(server_config);
+                    metrics
+                        .tls_reloads
+                        .get_or_create(&ReloadLabels { result: "success" })
+                        .inc();
+                    tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                }
+                Err(error) => {
+                    metrics
+                        .tls_reloads
+                        .get_or_create(&ReloadLabels { result: "failure" })
+                        .inc();
+                    tracing::error!(cert = %cert.display(), %error, "TLS certificate reload refused; the previous certificate stays in use");
+                }
+            }
+        }
+    });
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Runs `pinhook serve` until SIGTERM, then drains in-flight requests.
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let (policy_watch, policy) = match &args.policy {
+        Some(path) => {
+            // The baseline is read before the policy, so a change in between is seen later, not lost.
+            let watch = FileWatch::new(vec![path.clone()]);
+            (Some(watch), Policy::load(path)?)
+        }
+        None => (None, Policy::default()),
+    };
+    let cert_watch = FileWatch::new(vec![args.tls_cert.clone(), args.tls_key.clone()]);
+    let tls_config = RustlsConfig::from_config(tls::load(&args.tls_cert, &args.tls_key)?);
+    let state = AppState::new(policy, args.max_body_bytes, args.request_timeout);
+
+    let listen = |addr: SocketAddr| {
+        let l = std::net::TcpListener::bind(addr)
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        l.set_nonblocking(true)
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        Ok::<_, ServeError>(l)
+    };
+    let webhook_listener = listen(args.listen)?;
+    let ops_listener = listen(args.metrics_listen)?;
+    let webhook_addr = webhook_listener
+        .local_addr()
+        .map_err(|source| ServeError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let ops_addr = ops_listener
+        .local_addr()
+        .map_err(|source| ServeError::Listen {
+            addr: args.metrics_listen,
+            source,
+        })?;
+
+    if let (Some(watch), Some(path)) = (policy_watch, args.policy.clone()) {
+        watch_policy(state.clone(), watch, path, args.reload_interval);
+    }
+    watch_certificate(
+        state.clone(),
+        tls_config.clone(),
+        cert_watch,
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.reload_interval,
+    );
+
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(webhook_listener, tls_config)
+        .map_err(|source| ServeError::Listen {
+            addr: webhook_addr,
+            source,
+        })?
+        .handle(handle.clone())
+        .first_request_timeout(args.request_timeout)
+        .serve(router(state.clone()).into_make_service());
+    let webhook = tokio::spawn(server);
+
+    let ops_listener =
+        tokio::net::TcpListener::from_std(ops_listener).map_err(|source| ServeError::Listen {
+            addr: ops_addr,
+            source,
+        })?;
+    let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ops = tokio::spawn(
+        axum::serve(ops_listener, ops_router(state.clone()))
+            .with_graceful_shutdown(async {
+                let _ = ops_stopped.await;
+            })
+            .into_future(),
+    );
+
+    // Compile the reference grammar now, so the first admission does not pay for it.
+    let _ = crate::reference::ImageRef::parse("pinhook/warm-up:1");
+    state.set_ready(true);
+    tracing::info!(
+        listen = %webhook_addr,
+        metrics_listen = %ops_addr,
+        policy = %state.policy().source(),
+        "pinhook serving"
+    );
+
+    shutdown_signal().await;
+    tracing::info!(
+        grace_seconds = args.shutdown_grace.as_secs_f64(),
+        in_flight = handle.connection_count(),
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    state.set_ready(false);
+    handle.graceful_shutdown(Some(args.shutdown_grace));
+    match webhook.await {
+        Ok(Err(source)) => {
+            return Err(ServeError::Listen {
+                addr: webhook_addr,
+                source,
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "webhook server task failed"),
+        Ok(Ok(())) => {}
+    }
+    let _ = ops_stop.send(());
+    let _ = ops.await;
+    tracing::info!("pinhook stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_comes_from_query() {
+        assert_eq!(
+            request_deadline(Some("timeout=5s"), Duration::from_secs(10)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            request_deadline(Some("a=b&timeout=3s"), Duration::from_secs(10)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            request_deadline(None, Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            request_deadline(Some("timeout=bogus"), Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn not_json_and_not_a_review_are_told_apart() {
+        let e = parse_review(b"{not json").unwrap_err();
+        assert!(
+            e.message.starts_with("body is not valid JSON"),
+            "{}",
+            e.message
+        );
+        let e = parse_review(
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":1}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.starts_with("body is not an AdmissionReview"),
+            "{}",
+            e.message
+        );
+        let e =
+            parse_review(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#)
+                .unwrap_err();
+        assert!(
+            e.message
+                .contains("unsupported review admission.k8s.io/v1beta1"),
+            "{}",
+            e.message
+        );
+        let e = parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
+            .unwrap_err();
+        assert_eq!(e.message, "AdmissionReview has no request");
+    }
+}
