@@ -18,7 +18,7 @@ bold "1. A throw-away CA and serving certificate for localhost"
 "$BIN" cert --out-dir "$DEMO/certs" --name localhost --name 127.0.0.1
 
 bold "2. pinhook serve on https://127.0.0.1:$PORT (built-in policy: the policy file starts empty)"
-: > "$DEMO/policy.yaml"
+echo "# empty: the built-in policy applies" > "$DEMO/policy.yaml"
 "$BIN" serve --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$OPS_PORT" \
   --tls-cert "$DEMO/certs/tls.crt" --tls-key "$DEMO/certs/tls.key" \
   --policy "$DEMO/policy.yaml" --reload-interval 200ms > "$DEMO/pinhook.log" 2>&1 &

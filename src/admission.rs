@@ -6,10 +6,13 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, META_API_VERSION_V1, META_KIND, Operation,
+};
 use kube::core::{DynamicObject, Status};
 use serde_json::Value;
 
+use crate::pin::Pinning;
 use crate::policy::{Mode, Policy, Profile, Reason, Verdict};
 use crate::workload::{self, ContainerImage, ImageField, WorkloadKind};
 
@@ -228,6 +231,70 @@ impl Decision {
         }
         resp
     }
+}
+
+impl Decision {
+    /// The /mutate response: the policy decision first, then pinning (patch, warnings,
+    /// annotations), or a denial when a tag cannot be pinned and the policy says deny.
+    pub fn respond_mutate<T: kube::Resource>(
+        &self,
+        pinning: Option<&Pinning>,
+        req: &AdmissionRequest<T>,
+    ) -> AdmissionResponse {
+        let mut resp = self.respond(req);
+        let Some(p) = pinning else { return resp };
+        if !resp.allowed {
+            return resp;
+        }
+        let denials = p.denials();
+        if !denials.is_empty() {
+            let n = denials.len();
+            let mut msg = format!(
+                "pinhook could not pin {}: {n} image{} could not be resolved to a digest:",
+                self.object,
+                if n == 1 { "" } else { "s" }
+            );
+            for d in &denials {
+                msg.push_str("\n- ");
+                msg.push_str(d);
+            }
+            resp.audit_annotations
+                .insert("unresolved-images".to_owned(), denials.join("; "));
+            resp = resp.deny(&msg);
+            resp.result = Status::failure(&msg, "Forbidden").with_code(403);
+            return resp;
+        }
+        let patch = p.patch();
+        if !patch.0.is_empty() {
+            resp = match resp.clone().with_patch(patch) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serialize patch");
+                    resp
+                }
+            };
+        }
+        let warnings = p.warnings();
+        if !warnings.is_empty() {
+            resp.warnings.get_or_insert_with(Vec::new).extend(warnings);
+        }
+        resp.audit_annotations.extend(p.audit_annotations());
+        resp
+    }
+}
+
+/// The AdmissionReview answer as the API server reads it: `admission.k8s.io/v1`, and the patch
+/// as base64 (kube's type holds raw bytes, which JSON would write as an array of numbers).
+pub fn review_json(mut resp: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
+    use base64::Engine;
+    resp.types.api_version = META_API_VERSION_V1.to_owned();
+    resp.types.kind = META_KIND.to_owned();
+    let Some(patch) = resp.patch.take() else {
+        return serde_json::to_vec(&resp.into_review());
+    };
+    let mut v = serde_json::to_value(resp.into_review())?;
+    v["response"]["patch"] = Value::String(base64::engine::general_purpose::STANDARD.encode(patch));
+    serde_json::to_vec(&v)
 }
 
 /// The findings for one object of `kind` under `profile`; on update only new or changed images count.

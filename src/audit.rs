@@ -10,6 +10,7 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 
 use crate::admission::{Decision, Outcome};
+use crate::pin::{PinResult, Pinning};
 
 /// The tracing target audit events are emitted on.
 pub const TARGET: &str = "pinhook::audit";
@@ -44,13 +45,13 @@ pub struct RequestInfo {
     pub endpoint: &'static str,
 }
 
-/// The audit record of one decision.
+/// The fields every audit record starts with: who asked for what, when.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Record<'a> {
+pub struct Header<'a> {
     /// RFC 3339 UTC time.
     pub timestamp: String,
-    /// `admission.denied`, `admission.warned` or `admission.audited`.
+    /// `admission.denied`, `.warned`, `.audited`, `.pinned` or `.unpinned`.
     pub event: String,
     /// `request.uid`.
     pub uid: &'a str,
@@ -72,6 +73,35 @@ pub struct Record<'a> {
     pub mode: &'a str,
     /// The endpoint that answered.
     pub endpoint: &'a str,
+}
+
+impl<'a> Header<'a> {
+    fn new(event: &str, decision: &'a Decision, info: &'a RequestInfo) -> Self {
+        Self {
+            timestamp: OffsetDateTime::now_utc()
+                .format(&Rfc3339)
+                .unwrap_or_default(),
+            event: format!("admission.{event}"),
+            uid: &info.uid,
+            operation: &info.operation,
+            namespace: &decision.object.namespace,
+            kind: &decision.object.kind,
+            name: &decision.object.name,
+            generate_name: &decision.object.generate_name,
+            user: &info.user,
+            dry_run: info.dry_run,
+            mode: decision.mode.map(|m| m.as_str()).unwrap_or_default(),
+            endpoint: info.endpoint,
+        }
+    }
+}
+
+/// The audit record of one decision with findings.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    /// Who asked for what.
+    #[serde(flatten)]
+    pub header: Header<'a>,
     /// Every offending container.
     pub violations: Vec<Violation<'a>>,
 }
@@ -84,20 +114,7 @@ impl<'a> Record<'a> {
             return None;
         }
         Some(Self {
-            timestamp: OffsetDateTime::now_utc()
-                .format(&Rfc3339)
-                .unwrap_or_default(),
-            event: format!("admission.{}", outcome.as_str()),
-            uid: &info.uid,
-            operation: &info.operation,
-            namespace: &decision.object.namespace,
-            kind: &decision.object.kind,
-            name: &decision.object.name,
-            generate_name: &decision.object.generate_name,
-            user: &info.user,
-            dry_run: info.dry_run,
-            mode: decision.mode.map(|m| m.as_str()).unwrap_or_default(),
-            endpoint: info.endpoint,
+            header: Header::new(outcome.as_str(), decision, info),
             violations: decision
                 .findings
                 .iter()
@@ -114,10 +131,95 @@ impl<'a> Record<'a> {
 
     /// Emits the record as one JSON line on the audit target.
     pub fn emit(&self) {
-        match serde_json::to_string(self) {
-            Ok(line) => tracing::info!(target: TARGET, line = %line),
-            Err(e) => tracing::error!(error = %e, uid = self.uid, "cannot serialize audit record"),
-        }
+        emit(self, self.header.uid);
+    }
+}
+
+/// One image in a pinning record.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedImage<'a> {
+    /// The container's name.
+    pub container: &'a str,
+    /// Field path.
+    pub path: &'a str,
+    /// The image as written.
+    pub image: &'a str,
+    /// The reference written instead (absent when left unpinned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
+    /// `pinned`, `reused`, `stale` or `failed`.
+    pub result: &'static str,
+    /// Age of a stale digest, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_seconds: Option<u64>,
+    /// Why it could not be pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The audit record of a pinning: `admission.pinned` or `admission.unpinned`.
+#[derive(Debug, Serialize)]
+pub struct PinRecord<'a> {
+    /// Who asked for what.
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    /// The images concerned.
+    pub images: Vec<PinnedImage<'a>>,
+}
+
+/// Records `admission.pinned` for rewritten images and `admission.unpinned` for images left as
+/// they were under `onResolveFailure: allow`.
+pub fn record_pinning(pinning: &Pinning, decision: &Decision, info: &RequestInfo) {
+    let pinned: Vec<PinnedImage<'_>> = pinning
+        .rewritten()
+        .into_iter()
+        .map(|(t, r, p)| PinnedImage {
+            container: &t.container,
+            path: &t.path,
+            image: &t.image,
+            pinned: Some(p),
+            result: r.label(),
+            stale_seconds: match r {
+                PinResult::Stale { age, .. } => Some(age.as_secs()),
+                _ => None,
+            },
+            error: None,
+        })
+        .collect();
+    if !pinned.is_empty() {
+        let r = PinRecord {
+            header: Header::new("pinned", decision, info),
+            images: pinned,
+        };
+        emit(&r, info.uid.as_str());
+    }
+    let unpinned: Vec<PinnedImage<'_>> = pinning
+        .unpinned()
+        .into_iter()
+        .map(|(t, e)| PinnedImage {
+            container: &t.container,
+            path: &t.path,
+            image: &t.image,
+            pinned: None,
+            result: "unpinned",
+            stale_seconds: None,
+            error: Some(e.to_string()),
+        })
+        .collect();
+    if !unpinned.is_empty() {
+        let r = PinRecord {
+            header: Header::new("unpinned", decision, info),
+            images: unpinned,
+        };
+        emit(&r, info.uid.as_str());
+    }
+}
+
+fn emit<T: Serialize>(record: &T, uid: &str) {
+    match serde_json::to_string(record) {
+        Ok(line) => tracing::info!(target: TARGET, line = %line),
+        Err(e) => tracing::error!(error = %e, uid, "cannot serialize audit record"),
     }
 }
 
@@ -230,11 +332,17 @@ mod tests {
     fn event_follows_mode() {
         let info = RequestInfo::default();
         assert_eq!(
-            Record::of(&decision(Mode::Warn), &info).unwrap().event,
+            Record::of(&decision(Mode::Warn), &info)
+                .unwrap()
+                .header
+                .event,
             "admission.warned"
         );
         assert_eq!(
-            Record::of(&decision(Mode::Audit), &info).unwrap().event,
+            Record::of(&decision(Mode::Audit), &info)
+                .unwrap()
+                .header
+                .event,
             "admission.audited"
         );
     }

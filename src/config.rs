@@ -37,8 +37,76 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check Kubernetes manifests against the policy, offline.
     Check(CheckArgs),
+    /// Resolve images to pinned references, as /mutate would.
+    Resolve(ResolveCmdArgs),
     /// Generate a throw-away CA and serving certificate (for demos and tests).
     Cert(CertArgs),
+}
+
+/// Registry resolution flags, shared by `serve` and `resolve`.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// A docker `config.json` with registry credentials, used after the pod's pull secrets.
+    #[arg(long, env = "PINHOOK_REGISTRY_CONFIG")]
+    pub registry_config: Option<PathBuf>,
+    /// Timeout of each registry HTTP call.
+    #[arg(long, env = "PINHOOK_REGISTRY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub registry_timeout: Duration,
+    /// How long a resolved digest is reused before asking the registry again.
+    #[arg(long, env = "PINHOOK_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+    /// How long a failed resolution is remembered.
+    #[arg(long, env = "PINHOOK_CACHE_NEGATIVE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub cache_negative_ttl: Duration,
+    /// Most digests kept in the cache.
+    #[arg(long, env = "PINHOOK_CACHE_MAX_ENTRIES", default_value_t = 100_000)]
+    pub cache_max_entries: u64,
+    /// Most registry lookups in flight at once.
+    #[arg(long, env = "PINHOOK_MAX_CONCURRENT_RESOLUTIONS", default_value_t = 16)]
+    pub max_concurrent_resolutions: usize,
+}
+
+impl RegistryArgs {
+    /// The resolver settings these flags describe.
+    pub fn resolver_settings(&self) -> crate::resolve::ResolverSettings {
+        crate::resolve::ResolverSettings {
+            call_timeout: self.registry_timeout,
+            ttl: self.cache_ttl,
+            negative_ttl: self.cache_negative_ttl,
+            max_entries: self.cache_max_entries,
+        }
+    }
+
+    /// The credentials of `--registry-config`, if given.
+    pub fn keyring(&self) -> Result<crate::resolve::auth::Keyring, String> {
+        let Some(path) = &self.registry_config else {
+            return Ok(crate::resolve::auth::Keyring::default());
+        };
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read --registry-config {}: {e}", path.display()))?;
+        crate::resolve::auth::Keyring::from_docker_config_json(
+            &bytes,
+            &format!("registry config {}", path.display()),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Flags of `pinhook resolve`.
+#[derive(Debug, Clone, Args)]
+pub struct ResolveCmdArgs {
+    /// Policy file (YAML): its `registries`, `allowedRegistries` and tag rules apply.
+    #[arg(long, env = "PINHOOK_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Namespace whose policy rules apply.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Image references to resolve.
+    #[arg(required = true)]
+    pub images: Vec<String>,
 }
 
 /// Flags of `pinhook serve`.
@@ -71,6 +139,15 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "PINHOOK_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Time kept in reserve before the API server's `?timeout=`, so pinhook always answers first.
+    #[arg(long, env = "PINHOOK_DEADLINE_MARGIN", default_value = "1s", value_parser = parse_duration)]
+    pub deadline_margin: Duration,
+    /// How long pull secrets and service accounts read from the Kubernetes API are reused.
+    #[arg(long, env = "PINHOOK_SECRET_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub secret_cache_ttl: Duration,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Flags of `pinhook check`.

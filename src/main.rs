@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use pinhook::config::{CertArgs, CheckArgs, Cli, Command, LogFormat};
+use pinhook::config::{CertArgs, CheckArgs, Cli, Command, LogFormat, ResolveCmdArgs};
 use pinhook::{audit, certs, check, policy::Policy, server};
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => return check(&args),
+        Command::Resolve(args) => return resolve(&args),
         Command::Cert(args) => cert(&args),
     };
     match result {
@@ -97,6 +98,90 @@ fn check(args: &CheckArgs) -> ExitCode {
         report.errors.len()
     );
     ExitCode::from(report.exit_code() as u8)
+}
+
+/// Prints the pinned reference of each image (stdout) or why it cannot be pinned (stderr).
+fn resolve(args: &ResolveCmdArgs) -> ExitCode {
+    use pinhook::policy::Verdict;
+    use pinhook::resolve::{Resolver, Scope};
+    let fail = |msg: String| {
+        eprintln!("pinhook resolve: {msg}");
+        ExitCode::from(2)
+    };
+    let policy = match &args.policy {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => return fail(e.to_string()),
+        },
+        None => Policy::default(),
+    };
+    let keyring = match args.registry.keyring() {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let metrics = std::sync::Arc::new(pinhook::metrics::Metrics::new());
+    let resolver = match Resolver::new(
+        policy.registries(),
+        &args.registry.resolver_settings(),
+        metrics,
+    ) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{}: {e}", policy.source())),
+    };
+    let Some(profile) = policy.profile_for(&args.namespace) else {
+        return fail(format!(
+            "namespace {:?} is exempt from the policy",
+            args.namespace
+        ));
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    let scope = Scope {
+        keyring,
+        allowed: (!profile.allowed_registries.is_empty())
+            .then(|| profile.allowed_registries.clone()),
+        stale_if_error: profile.stale_if_error,
+    };
+    let mut failed = false;
+    for image in &args.images {
+        let reference = match profile.judge(image) {
+            Verdict::Rejected(reason) => {
+                eprintln!("{image}: {}", reason.describe(image));
+                failed = true;
+                continue;
+            }
+            Verdict::Exempt => {
+                println!("{image}");
+                continue;
+            }
+            Verdict::Accepted(r) => r,
+        };
+        if reference.is_pinned() || reference.tag().is_none() {
+            println!("{image}");
+            continue;
+        }
+        let deadline = std::time::Instant::now() + args.registry.registry_timeout * 3;
+        match runtime.block_on(resolver.resolve(&reference, &scope, deadline)) {
+            Ok(r) => println!(
+                "{}",
+                pinhook::pin::pinned_reference(image, &r.digest, profile.keep_tag)
+            ),
+            Err(e) => {
+                eprintln!("{image}: cannot pin: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn cert(args: &CertArgs) -> anyhow::Result<()> {

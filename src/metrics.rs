@@ -39,6 +39,29 @@ pub struct ViolationLabels {
     pub mode: &'static str,
 }
 
+/// Labels of a cache lookup.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit`, `miss`, or `stale` (served from the staleIfError window).
+    pub result: &'static str,
+}
+
+/// Labels of registry HTTP requests.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    /// The registry (or mirror) host.
+    pub registry: String,
+    /// `ok` or the error label, e.g. `timeout`.
+    pub outcome: &'static str,
+}
+
+/// Labels of a pinning result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PinLabels {
+    /// `pinned`, `reused` (old digest kept), `stale`, `unpinned` or `failed`.
+    pub result: &'static str,
+}
+
 /// Every metric pinhook exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -55,6 +78,14 @@ pub struct Metrics {
     pub policy_valid: Gauge,
     /// TLS certificate reloads by result.
     pub tls_reloads: Family<ReloadLabels, Counter>,
+    /// Digest cache lookups by result.
+    pub cache: Family<CacheLabels, Counter>,
+    /// Registry HTTP requests by registry and outcome.
+    pub registry_requests: Family<RegistryLabels, Counter>,
+    /// Time to resolve an uncached tag, in seconds.
+    pub resolution_duration: Histogram,
+    /// Images handled by /mutate, by result.
+    pub pins: Family<PinLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -108,8 +139,38 @@ impl Metrics {
             "TLS certificate reloads by result",
             tls_reloads.clone(),
         );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Digest cache lookups by result",
+            cache.clone(),
+        );
+        let registry_requests = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "registry_requests",
+            "Registry HTTP requests by registry and outcome",
+            registry_requests.clone(),
+        );
+        let resolution_duration = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "resolution_duration_seconds",
+            "Time to resolve an uncached tag",
+            resolution_duration.clone(),
+        );
+        let pins = Family::<PinLabels, Counter>::default();
+        registry.register(
+            "pinned_images",
+            "Images handled by /mutate, by result",
+            pins.clone(),
+        );
         policy_valid.set(1);
         Self {
+            cache,
+            registry_requests,
+            resolution_duration,
+            pins,
             registry,
             requests,
             duration,

@@ -81,6 +81,33 @@ pub enum PartialVersions {
     Deny,
 }
 
+/// What /mutate does when a tag cannot be resolved (a tag that does not exist is always denied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnResolveFailure {
+    /// Deny, naming the image, the registry and the error.
+    #[default]
+    Deny,
+    /// Allow the tag unpinned, with a warning and an `admission.unpinned` audit line.
+    Allow,
+}
+
+/// A duration written like `1h`, `30m`, `90s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DurationStr(std::time::Duration);
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::config::parse_duration(&s)
+            .map(DurationStr)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The default `staleIfError` window.
+pub const DEFAULT_STALE_IF_ERROR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A policy file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -189,6 +216,10 @@ struct Overrides {
     allowed_registries: Option<GlobList<true>>,
     exempt_images: Option<GlobList<false>>,
     partial_versions: Option<PartialVersions>,
+    pin: Option<bool>,
+    keep_tag: Option<bool>,
+    on_resolve_failure: Option<OnResolveFailure>,
+    stale_if_error: Option<DurationStr>,
 }
 
 /// The policy file as written.
@@ -201,7 +232,13 @@ struct PolicyFile {
     allowed_registries: Option<GlobList<true>>,
     exempt_images: Option<GlobList<false>>,
     partial_versions: Option<PartialVersions>,
+    pin: Option<bool>,
+    keep_tag: Option<bool>,
+    on_resolve_failure: Option<OnResolveFailure>,
+    stale_if_error: Option<DurationStr>,
     exempt_namespaces: Option<GlobList<false>>,
+    #[serde(default)]
+    registries: Vec<crate::resolve::registry::RegistrySettings>,
     #[serde(default)]
     rules: Vec<RuleFile>,
 }
@@ -217,6 +254,10 @@ struct RuleFile {
     allowed_registries: Option<GlobList<true>>,
     exempt_images: Option<GlobList<false>>,
     partial_versions: Option<PartialVersions>,
+    pin: Option<bool>,
+    keep_tag: Option<bool>,
+    on_resolve_failure: Option<OnResolveFailure>,
+    stale_if_error: Option<DurationStr>,
 }
 
 /// Moves the overridable settings of a policy file or rule into [`Overrides`].
@@ -229,6 +270,10 @@ macro_rules! overrides {
             allowed_registries: $f.allowed_registries,
             exempt_images: $f.exempt_images,
             partial_versions: $f.partial_versions,
+            pin: $f.pin,
+            keep_tag: $f.keep_tag,
+            on_resolve_failure: $f.on_resolve_failure,
+            stale_if_error: $f.stale_if_error,
         }
     };
 }
@@ -248,6 +293,14 @@ pub struct Profile {
     pub exempt_images: Patterns,
     /// Whether partial versions are allowed.
     pub partial_versions: PartialVersions,
+    /// Whether /mutate rewrites tags to digests.
+    pub pin: bool,
+    /// Whether a pinned reference keeps its tag (`name:tag@digest`) or drops it (`name@digest`).
+    pub keep_tag: bool,
+    /// What to do when resolution fails.
+    pub on_resolve_failure: OnResolveFailure,
+    /// How old a digest may be when served during a registry outage.
+    pub stale_if_error: std::time::Duration,
 }
 
 /// Why one image is not acceptable.
@@ -421,12 +474,14 @@ pub struct Policy {
     base: Profile,
     exempt_namespaces: Patterns,
     rules: Vec<(Patterns, Profile)>,
+    registries: Vec<crate::resolve::registry::RegistrySettings>,
     source: String,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Self::from_yaml("", "<built-in default>").expect("the built-in policy is valid")
+        Self::from_yaml("# built-in default", "<built-in default>")
+            .expect("the built-in policy is valid")
     }
 }
 
@@ -442,6 +497,17 @@ impl Policy {
 
     /// Compiles a policy from YAML text; `file` names it in errors. An empty document is the default.
     pub fn from_yaml(text: &str, file: &str) -> Result<Self, PolicyError> {
+        if text.trim().is_empty() {
+            // A zero-byte file is what a half-finished, non-atomic write looks like.
+            return Err(PolicyError::Invalid {
+                file: file.to_owned(),
+                location: None,
+                key: ".".into(),
+                message:
+                    "the file is empty; write `{}` (or only comments) for the built-in defaults"
+                        .into(),
+            });
+        }
         let parsed: PolicyFile = if text.lines().all(|l| {
             let l = l.trim();
             l.is_empty() || l.starts_with('#') || l == "---"
@@ -452,11 +518,17 @@ impl Policy {
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let key = e.path().to_string();
                 let inner = e.into_inner();
+                let message = strip_location(&inner.to_string());
+                // serde_yaml_ng prefixes the key path, which the error names on its own.
+                let message = message
+                    .strip_prefix(&format!("{key}: "))
+                    .map(str::to_owned)
+                    .unwrap_or(message);
                 PolicyError::Invalid {
                     file: file.to_owned(),
                     location: inner.location().map(|l| (l.line(), l.column())),
                     key,
-                    message: strip_location(&inner.to_string()),
+                    message,
                 }
             })?
         };
@@ -474,8 +546,21 @@ impl Policy {
             allowed_registries: Patterns::default(),
             exempt_images: Patterns::default(),
             partial_versions: PartialVersions::default(),
+            pin: true,
+            keep_tag: true,
+            on_resolve_failure: OnResolveFailure::default(),
+            stale_if_error: DEFAULT_STALE_IF_ERROR,
         };
         let exempt_namespaces = parsed.exempt_namespaces;
+        let registries = parsed.registries;
+        for (i, r) in registries.iter().enumerate() {
+            if r.host.trim().is_empty() {
+                return Err(invalid(
+                    &format!("registries[{i}].host"),
+                    "must name a registry host".into(),
+                ));
+            }
+        }
         let parsed_rules = parsed.rules;
         let base = apply(&defaults, overrides!(parsed));
         let exempt_namespaces = match exempt_namespaces {
@@ -498,6 +583,7 @@ impl Policy {
             base,
             exempt_namespaces,
             rules,
+            registries,
             source: file.to_owned(),
         })
     }
@@ -513,6 +599,11 @@ impl Policy {
                 .find(|(namespaces, _)| namespaces.is_match(namespace))
                 .map_or(&self.base, |(_, profile)| profile),
         )
+    }
+
+    /// Per-registry settings (`registries`).
+    pub fn registries(&self) -> &[crate::resolve::registry::RegistrySettings] {
+        &self.registries
     }
 
     /// Where this policy came from (a path, or `<built-in default>`).
@@ -536,6 +627,10 @@ fn apply(base: &Profile, o: Overrides) -> Profile {
             .exempt_images
             .map_or_else(|| base.exempt_images.clone(), |g| g.0),
         partial_versions: o.partial_versions.unwrap_or(base.partial_versions),
+        pin: o.pin.unwrap_or(base.pin),
+        keep_tag: o.keep_tag.unwrap_or(base.keep_tag),
+        on_resolve_failure: o.on_resolve_failure.unwrap_or(base.on_resolve_failure),
+        stale_if_error: o.stale_if_error.map_or(base.stale_if_error, |d| d.0),
     }
 }
 
@@ -714,9 +809,31 @@ mod tests {
     }
 
     #[test]
-    fn empty_document_is_default() {
+    fn comment_only_document_is_default() {
         let p = policy("# nothing here\n");
         assert_eq!(p.profile_for("a").unwrap().mode, Mode::Enforce);
+    }
+
+    #[test]
+    fn empty_file_is_refused() {
+        let msg = Policy::from_yaml("  \n", "p.yaml").unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "invalid policy file p.yaml: key \".\": the file is empty; write `{}` (or only comments) for the built-in defaults"
+        );
+    }
+
+    #[test]
+    fn key_is_not_repeated_in_the_message() {
+        let msg = Policy::from_yaml("mode: [broken]\n", "p.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(
+                "invalid policy file p.yaml, line 1 column 7: key \"mode\": invalid type"
+            ),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -760,6 +877,40 @@ mod tests {
             .to_string();
         assert!(msg.contains("exemptNamespaces"), "{msg}");
         assert!(msg.contains("a["), "{msg}");
+    }
+
+    #[test]
+    fn pinning_keys_default_and_override_per_rule() {
+        let p = policy(
+            "keepTag: false\nstaleIfError: 10m\nrules:\n- namespaces: [ci]\n  pin: false\n  onResolveFailure: allow\n",
+        );
+        let base = p.profile_for("shop").unwrap();
+        assert!(base.pin && !base.keep_tag);
+        assert_eq!(base.on_resolve_failure, OnResolveFailure::Deny);
+        assert_eq!(base.stale_if_error, std::time::Duration::from_secs(600));
+        let ci = p.profile_for("ci").unwrap();
+        assert!(!ci.pin && !ci.keep_tag);
+        assert_eq!(ci.on_resolve_failure, OnResolveFailure::Allow);
+    }
+
+    #[test]
+    fn registries_are_parsed() {
+        let p = policy(
+            "registries:\n- host: 127.0.0.1:5000\n  insecure: true\n  mirrors: [127.0.0.1:6000]\n",
+        );
+        assert_eq!(p.registries()[0].host, "127.0.0.1:5000");
+        assert!(p.registries()[0].insecure);
+    }
+
+    #[test]
+    fn bad_stale_window_names_key() {
+        let msg = Policy::from_yaml("staleIfError: soon\n", "p.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("staleIfError") && msg.contains("soon"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -17,14 +17,19 @@ use axum::routing::{get, post};
 use axum_server::tls_rustls::RustlsConfig;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionReview, META_API_VERSION_V1, META_KIND};
+use kube::core::admission::{
+    AdmissionRequest, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
+};
 
 use crate::admission;
 use crate::audit::{self, RequestInfo};
 use crate::config::{ServeArgs, parse_duration};
 use crate::metrics::{EndpointLabels, Metrics, ReloadLabels, RequestLabels, ViolationLabels};
+use crate::mutate::Pinner;
 use crate::policy::{Policy, PolicyError};
 use crate::reload::FileWatch;
+use crate::resolve::Resolver;
+use crate::resolve::secrets::PullSecrets;
 use crate::tls::{self, TlsError};
 
 /// The server could not start.
@@ -36,6 +41,12 @@ pub enum ServeError {
     /// The certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A setting (registry config, caFile) is unusable.
+    #[error("{message}")]
+    Config {
+        /// What is wrong, naming the file.
+        message: String,
+    },
     /// A listener could not be bound or served.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -44,6 +55,17 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+/// Request limits from the flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Deadline when the API server gives no `?timeout=`.
+    pub request_timeout: Duration,
+    /// Reserve kept before the deadline.
+    pub deadline_margin: Duration,
 }
 
 /// State shared by every request.
@@ -55,22 +77,31 @@ pub struct AppState {
 #[derive(Debug)]
 struct Shared {
     policy: ArcSwap<Policy>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     ready: AtomicBool,
     max_body_bytes: usize,
     body_timeout: Duration,
+    deadline_margin: Duration,
+    pinner: Option<Arc<Pinner>>,
 }
 
 impl AppState {
-    /// New state serving `policy`, not yet ready.
-    pub fn new(policy: Policy, max_body_bytes: usize, body_timeout: Duration) -> Self {
+    /// New state serving `policy`, not yet ready; without a pinner, /mutate only validates.
+    pub fn new(
+        policy: Policy,
+        limits: Limits,
+        pinner: Option<Arc<Pinner>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Arc::new(Shared {
                 policy: ArcSwap::from_pointee(policy),
-                metrics: Metrics::new(),
+                metrics,
                 ready: AtomicBool::new(false),
-                max_body_bytes,
-                body_timeout,
+                max_body_bytes: limits.max_body_bytes,
+                body_timeout: limits.request_timeout,
+                deadline_margin: limits.deadline_margin,
+                pinner,
             }),
         }
     }
@@ -100,6 +131,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/validate", post(validate))
+        .route("/mutate", post(mutate))
         .fallback(not_found)
         .with_state(state)
 }
@@ -117,7 +149,7 @@ pub fn ops_router(state: AppState) -> Router {
 async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
-        "no such endpoint; pinhook serves POST /validate".into(),
+        "no such endpoint; pinhook serves POST /validate and POST /mutate".into(),
     )
 }
 
@@ -231,6 +263,14 @@ async fn validate(
     handle(state, "validate", query, request).await
 }
 
+async fn mutate(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    handle(state, "mutate", query, request).await
+}
+
 async fn handle(
     state: AppState,
     endpoint: &'static str,
@@ -273,18 +313,15 @@ async fn handle(
     };
     let policy = state.policy();
     let decision = admission::review(&policy, &req);
+    let info = RequestInfo {
+        uid: req.uid.clone(),
+        operation: operation_name(&req.operation).to_owned(),
+        user: req.user_info.username.clone().unwrap_or_default(),
+        dry_run: req.dry_run,
+        endpoint,
+    };
     let outcome = decision.outcome();
     if outcome != admission::Outcome::Allowed {
-        let info = RequestInfo {
-            uid: req.uid.clone(),
-            operation: serde_json::to_value(&req.operation)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            user: req.user_info.username.clone().unwrap_or_default(),
-            dry_run: req.dry_run,
-            endpoint,
-        };
         audit::record(&decision, &info);
         let mode = decision.mode.map(|m| m.as_str()).unwrap_or_default();
         for f in &decision.findings {
@@ -297,12 +334,34 @@ async fn handle(
                 .inc();
         }
     }
-    let mut response = decision.respond(&req);
-    response.types.api_version = META_API_VERSION_V1.to_owned();
-    response.types.kind = META_KIND.to_owned();
-    let body = match serde_json::to_vec(&response.into_review()) {
+    let response = match (&state.inner.pinner, endpoint, outcome) {
+        (Some(pinner), "mutate", o) if o != admission::Outcome::Denied => {
+            let budget = request_deadline(query.as_deref(), state.inner.body_timeout)
+                .saturating_sub(state.inner.deadline_margin)
+                .max(Duration::from_millis(100));
+            let pinning = pinner.pin(&policy, &req, &decision, start + budget).await;
+            if let Some(p) = &pinning {
+                audit::record_pinning(p, &decision, &info);
+            }
+            decision.respond_mutate(pinning.as_ref(), &req)
+        }
+        _ => decision.respond(&req),
+    };
+    let label = if response.allowed {
+        outcome.as_str()
+    } else {
+        admission::Outcome::Denied.as_str()
+    };
+    let body = match admission::review_json(response) {
         Ok(b) => b,
         Err(e) => {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    endpoint,
+                    decision: "error",
+                })
+                .inc();
             return error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot serialize response: {e}"),
@@ -313,7 +372,7 @@ async fn handle(
         .requests
         .get_or_create(&RequestLabels {
             endpoint,
-            decision: outcome.as_str(),
+            decision: label,
         })
         .inc();
     metrics
@@ -330,8 +389,23 @@ async fn handle(
         .into_response()
 }
 
+fn operation_name(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
 /// Reloads the policy when its file changes; an invalid file is refused and the old policy kept.
-fn watch_policy(state: AppState, mut watch: FileWatch, path: PathBuf, interval: Duration) {
+fn watch_policy(
+    state: AppState,
+    mut watch: FileWatch,
+    path: PathBuf,
+    interval: Duration,
+    call_timeout: Duration,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -343,7 +417,15 @@ fn watch_policy(state: AppState, mut watch: FileWatch, path: PathBuf, interval: 
             let file = path.display().to_string();
             let loaded = snapshot.map_err(|e| e.to_string()).and_then(|files| {
                 let text = String::from_utf8_lossy(&files[0]);
-                Policy::from_yaml(&text, &file).map_err(|e| e.to_string())
+                let policy = Policy::from_yaml(&text, &file).map_err(|e| e.to_string())?;
+                // A registries entry whose caFile cannot be used refuses the whole reload.
+                if let Some(pinner) = &state.inner.pinner {
+                    pinner
+                        .resolver
+                        .reconfigure(policy.registries(), call_timeout)
+                        .map_err(|e| format!("{file}: {e}"))?;
+                }
+                Ok(policy)
             });
             let metrics = state.metrics();
             match loaded {
@@ -442,7 +524,44 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let cert_watch = FileWatch::new(vec![args.tls_cert.clone(), args.tls_key.clone()]);
     let tls_config = RustlsConfig::from_config(tls::load(&args.tls_cert, &args.tls_key)?);
-    let state = AppState::new(policy, args.max_body_bytes, args.request_timeout);
+    let metrics = Arc::new(Metrics::new());
+    let resolver = Resolver::new(
+        policy.registries(),
+        &args.registry.resolver_settings(),
+        metrics.clone(),
+    )
+    .map_err(|message| ServeError::Config {
+        message: format!("{}: {message}", policy.source()),
+    })?;
+    let registry_config = args
+        .registry
+        .keyring()
+        .map_err(|message| ServeError::Config { message })?;
+    let secrets = match PullSecrets::connect(args.secret_cache_ttl).await {
+        Ok(s) => {
+            tracing::info!(
+                "pull-secret lookup is on: credentials come from each pod's imagePullSecrets and service account"
+            );
+            Some(s)
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "pull-secret lookup is off: no Kubernetes API is configured; using --registry-config and anonymous access");
+            None
+        }
+    };
+    let pinner = Pinner::new(
+        Arc::new(resolver),
+        secrets,
+        registry_config,
+        args.registry.max_concurrent_resolutions,
+        metrics.clone(),
+    );
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: args.request_timeout,
+        deadline_margin: args.deadline_margin,
+    };
+    let state = AppState::new(policy, limits, Some(Arc::new(pinner)), metrics);
 
     let listen = |addr: SocketAddr| {
         let l = std::net::TcpListener::bind(addr)
@@ -467,7 +586,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         })?;
 
     if let (Some(watch), Some(path)) = (policy_watch, args.policy.clone()) {
-        watch_policy(state.clone(), watch, path, args.reload_interval);
+        watch_policy(
+            state.clone(),
+            watch,
+            path,
+            args.reload_interval,
+            args.registry.registry_timeout,
+        );
     }
     watch_certificate(
         state.clone(),

@@ -201,16 +201,19 @@ impl fmt::Display for ContainerImage<'_> {
     }
 }
 
+/// The pod spec of `object` (a `kind`), if present.
+pub fn pod_spec(kind: WorkloadKind, object: &Value) -> Option<&Value> {
+    kind.pod_spec_path()
+        .iter()
+        .try_fold(object, |v, seg| v.get(seg))
+}
+
 /// Every container of `object` (a `kind`), in order: containers, initContainers, ephemeralContainers.
 pub fn containers(kind: WorkloadKind, object: &Value) -> Vec<ContainerImage<'_>> {
     let spec_path = kind.pod_spec_path();
-    let mut spec = object;
-    for seg in spec_path {
-        match spec.get(seg) {
-            Some(v) => spec = v,
-            None => return Vec::new(),
-        }
-    }
+    let Some(spec) = pod_spec(kind, object) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for section in Section::ALL {
         let Some(list) = spec.get(section.field()).and_then(Value::as_array) else {

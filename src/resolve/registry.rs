@@ -1,0 +1,905 @@
+//! Talking to a registry: `HEAD` the manifest with every manifest media type accepted, take
+//! `Docker-Content-Digest` (or `GET` and hash the exact bytes), answering Basic and Bearer
+//! challenges, honouring `429 Retry-After` within the deadline, and never contacting a
+//! link-local or cloud-metadata address (checked at DNS resolution, so redirects, token realms
+//! and DNS rebinding are covered too).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::StatusCode;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use sha2::{Digest, Sha256};
+
+use super::ResolveError;
+use super::auth::Credential;
+use crate::policy::Patterns;
+
+/// The `Accept` header: OCI index, OCI manifest, Docker manifest list, Docker manifest v2
+/// (checked against oci-client's constants in a test).
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// AWS's IPv6 instance-metadata address.
+const AWS_METADATA_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
+/// Per-registry settings from the policy's `registries` list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// The registry host as written in image references, e.g. `registry.example.com:5000`.
+    pub host: String,
+    /// Speak plain HTTP instead of HTTPS.
+    #[serde(default)]
+    pub insecure: bool,
+    /// A PEM file of CA certificates to trust for this registry (in addition to the system's).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Pull-through mirrors tried in order before the registry itself.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+}
+
+/// True for addresses pinhook never contacts: link-local (cloud metadata lives there), the
+/// well-known metadata endpoints, unspecified, broadcast and multicast.
+pub fn is_forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.octets() == [100, 100, 100, 200]
+        }
+        IpAddr::V6(v6) => {
+            if let Some(mapped) = v6.to_ipv4_mapped() {
+                return is_forbidden(IpAddr::V4(mapped));
+            }
+            let seg = v6.segments();
+            (seg[0] & 0xffc0) == 0xfe80
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6 == AWS_METADATA_V6
+        }
+    }
+}
+
+/// The error a filtered DNS answer produces, found again in reqwest's error chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves only to forbidden addresses ({addrs})")]
+struct ForbiddenAddress {
+    host: String,
+    addrs: String,
+}
+
+/// A DNS resolver that drops forbidden addresses.
+#[derive(Debug, Clone, Copy)]
+struct GuardedResolver;
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| !is_forbidden(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                let addrs = all
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Box::new(ForbiddenAddress { host, addrs })
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Checks a host before any request: forbidden IP literals, and `allowedRegistries` when set.
+fn check_host(host_port: &str, allowed: Option<&Patterns>) -> Result<(), ResolveError> {
+    let host = host_port
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']').map(|(h, _)| h))
+        .unwrap_or_else(|| {
+            host_port
+                .rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(host_port, |(h, _)| h)
+        });
+    if let Ok(ip) = host.parse::<IpAddr>()
+        && is_forbidden(ip)
+    {
+        return Err(ResolveError::Forbidden {
+            host: host_port.to_owned(),
+            reason: format!("{ip} is a link-local or metadata address"),
+        });
+    }
+    if let Some(allowed) = allowed
+        && !allowed.is_empty()
+        && !allowed.is_match(host_port)
+        && !allowed.is_match(host)
+    {
+        return Err(ResolveError::Forbidden {
+            host: host_port.to_owned(),
+            reason: "not in allowedRegistries".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A cached bearer token.
+#[derive(Debug, Clone)]
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+/// Where to send requests for one registry: its endpoint host and scheme.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host[:port]` to connect to.
+    pub host: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// For a mirror of another registry: that registry (sent as `?ns=`).
+    pub mirror_of: Option<String>,
+}
+
+/// HTTP clients and settings for every registry, rebuilt when the policy changes.
+#[derive(Debug)]
+pub struct Transport {
+    default: reqwest::Client,
+    per_host: HashMap<String, reqwest::Client>,
+    insecure: HashSet<String>,
+    mirrors: HashMap<String, Vec<String>>,
+    call_timeout: Duration,
+    tokens: moka::sync::Cache<String, Token>,
+}
+
+/// What one lookup asks for, and within which bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup<'a> {
+    /// Repository path.
+    pub repository: &'a str,
+    /// Tag to resolve.
+    pub tag: &'a str,
+    /// The credential to present, or `None` for anonymous.
+    pub credential: Option<&'a Credential>,
+    /// `allowedRegistries`, bounding every host contacted.
+    pub allowed: Option<&'a Patterns>,
+    /// When to give up.
+    pub deadline: Instant,
+}
+
+/// Statistics about one registry exchange, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Exchange {
+    /// Requests sent.
+    pub requests: u32,
+}
+
+fn client_builder(call_timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver))
+        .connect_timeout(call_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("pinhook/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let host = attempt.url().host_str().unwrap_or("").to_owned();
+            if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>()
+                && is_forbidden(ip)
+            {
+                attempt.error(ForbiddenAddress {
+                    host,
+                    addrs: ip.to_string(),
+                })
+            } else if attempt.previous().len() >= 5 {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))
+}
+
+impl Transport {
+    /// Builds clients for `registries`; a `caFile` that cannot be read or parsed is an error.
+    pub fn new(registries: &[RegistrySettings], call_timeout: Duration) -> Result<Self, String> {
+        let default = client_builder(call_timeout)
+            .build()
+            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let mut per_host = HashMap::new();
+        let mut insecure = HashSet::new();
+        let mut mirrors = HashMap::new();
+        for r in registries {
+            let host = super::auth::canonical_host(&r.host.to_ascii_lowercase());
+            if r.insecure {
+                insecure.insert(host.clone());
+                for m in &r.mirrors {
+                    insecure.insert(m.to_ascii_lowercase());
+                }
+            }
+            if let Some(ca) = &r.ca_file {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("registries[{}].caFile {}: {e}", r.host, ca.display()))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    format!(
+                        "registries[{}].caFile {}: not PEM certificates: {e}",
+                        r.host,
+                        ca.display()
+                    )
+                })?;
+                if certs.is_empty() {
+                    return Err(format!(
+                        "registries[{}].caFile {}: no certificate found",
+                        r.host,
+                        ca.display()
+                    ));
+                }
+                let mut b = client_builder(call_timeout);
+                for c in certs {
+                    b = b.add_root_certificate(c);
+                }
+                let client = b
+                    .build()
+                    .map_err(|e| format!("registries[{}].caFile {}: {e}", r.host, ca.display()))?;
+                for h in std::iter::once(&host).chain(r.mirrors.iter()) {
+                    per_host.insert(h.to_ascii_lowercase(), client.clone());
+                }
+            }
+            if !r.mirrors.is_empty() {
+                mirrors.insert(host, r.mirrors.clone());
+            }
+        }
+        Ok(Self {
+            default,
+            per_host,
+            insecure,
+            mirrors,
+            call_timeout,
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+        })
+    }
+
+    /// The endpoints to try for `registry`: its mirrors, then itself.
+    pub fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
+        let canonical = super::auth::canonical_host(&registry.to_ascii_lowercase());
+        let scheme = |h: &str| {
+            if self.insecure.contains(h) {
+                "http"
+            } else {
+                "https"
+            }
+        };
+        let mut out: Vec<Endpoint> = self
+            .mirrors
+            .get(&canonical)
+            .into_iter()
+            .flatten()
+            .map(|m| Endpoint {
+                host: m.to_ascii_lowercase(),
+                scheme: scheme(&m.to_ascii_lowercase()),
+                mirror_of: Some(registry.to_owned()),
+            })
+            .collect();
+        let host = if canonical == "docker.io" {
+            "registry-1.docker.io".to_owned()
+        } else {
+            canonical.clone()
+        };
+        out.push(Endpoint {
+            scheme: scheme(&canonical),
+            host,
+            mirror_of: None,
+        });
+        out
+    }
+
+    fn client(&self, host: &str) -> &reqwest::Client {
+        self.per_host.get(host).unwrap_or(&self.default)
+    }
+
+    /// Resolves `repository:tag` at `endpoint` with `credential` (or anonymously).
+    pub async fn digest(
+        &self,
+        endpoint: &Endpoint,
+        q: &Lookup<'_>,
+        exchange: &mut Exchange,
+    ) -> Result<String, ResolveError> {
+        let Lookup {
+            repository,
+            tag,
+            credential,
+            allowed,
+            deadline,
+        } = *q;
+        check_host(&endpoint.host, allowed)?;
+        let mut url = format!(
+            "{}://{}/v2/{repository}/manifests/{tag}",
+            endpoint.scheme, endpoint.host
+        );
+        if let Some(ns) = &endpoint.mirror_of {
+            url.push_str("?ns=");
+            url.push_str(ns);
+        }
+        let scope = format!("repository:{repository}:pull");
+        // Tokens are reused until they expire, per host, scope and credential (never across credentials).
+        let token_key = format!(
+            "{}|{scope}|{}",
+            endpoint.host,
+            credential.map_or("anonymous".into(), Credential::fingerprint)
+        );
+        let mut authorization: Option<String> = self
+            .tokens
+            .get(&token_key)
+            .filter(|t| t.expires > Instant::now())
+            .map(|t| format!("Bearer {}", t.value));
+        let mut challenged = false;
+        let mut rate_limited = 0;
+        loop {
+            let resp = self
+                .send(
+                    endpoint,
+                    reqwest::Method::HEAD,
+                    &url,
+                    authorization.as_deref(),
+                    deadline,
+                    exchange,
+                )
+                .await?;
+            match resp.status() {
+                s if s.is_success() => {
+                    if let Some(d) = digest_header(resp.headers(), &endpoint.host)? {
+                        return Ok(d);
+                    }
+                    return self
+                        .get_and_hash(endpoint, &url, authorization.as_deref(), deadline, exchange)
+                        .await;
+                }
+                StatusCode::UNAUTHORIZED if !challenged => {
+                    challenged = true;
+                    let challenge = resp
+                        .headers()
+                        .get(WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(parse_challenge)
+                        .unwrap_or(Challenge::None);
+                    authorization = match challenge {
+                        Challenge::Basic => match credential {
+                            Some(c) => Some(basic(c)),
+                            None => return Err(unauthorized(endpoint, repository)),
+                        },
+                        Challenge::Bearer { realm, service } => {
+                            let t = self
+                                .fetch_token(endpoint, &realm, &service, &scope, q, exchange)
+                                .await?;
+                            let header = format!("Bearer {}", t.value);
+                            self.tokens.insert(token_key.clone(), t);
+                            Some(header)
+                        }
+                        Challenge::None => return Err(unauthorized(endpoint, repository)),
+                    };
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    return Err(unauthorized(endpoint, repository));
+                }
+                StatusCode::NOT_FOUND => {
+                    return Err(ResolveError::NotFound {
+                        registry: endpoint.host.clone(),
+                        repository: repository.to_owned(),
+                        tag: tag.to_owned(),
+                    });
+                }
+                StatusCode::TOO_MANY_REQUESTS => {
+                    let wait = retry_after(resp.headers());
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    rate_limited += 1;
+                    match wait {
+                        Some(w)
+                            if rate_limited <= 3 && w + Duration::from_millis(50) < remaining =>
+                        {
+                            tokio::time::sleep(w).await
+                        }
+                        _ => {
+                            return Err(ResolveError::RateLimited {
+                                registry: endpoint.host.clone(),
+                                retry_after: wait.map(|w| w.as_secs_f64()),
+                            });
+                        }
+                    }
+                }
+                status => {
+                    return Err(ResolveError::Status {
+                        registry: endpoint.host.clone(),
+                        status: status.as_u16(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        method: reqwest::Method,
+        url: &str,
+        authorization: Option<&str>,
+        deadline: Instant,
+        exchange: &mut Exchange,
+    ) -> Result<reqwest::Response, ResolveError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let limit = remaining.min(self.call_timeout);
+        if limit.is_zero() {
+            return Err(ResolveError::Timeout {
+                registry: endpoint.host.clone(),
+                seconds: 0.0,
+            });
+        }
+        let mut req = self
+            .client(&endpoint.host)
+            .request(method, url)
+            .header(ACCEPT, MANIFEST_ACCEPT)
+            .timeout(limit);
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
+        }
+        exchange.requests += 1;
+        req.send()
+            .await
+            .map_err(|e| classify(&endpoint.host, &e, limit))
+    }
+
+    async fn get_and_hash(
+        &self,
+        endpoint: &Endpoint,
+        url: &str,
+        authorization: Option<&str>,
+        deadline: Instant,
+        exchange: &mut Exchange,
+    ) -> Result<String, ResolveError> {
+        let resp = self
+            .send(
+                endpoint,
+                reqwest::Method::GET,
+                url,
+                authorization,
+                deadline,
+                exchange,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(ResolveError::Status {
+                registry: endpoint.host.clone(),
+                status: resp.status().as_u16(),
+            });
+        }
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if content_type.contains("manifest.v1") || content_type.contains("prettyjws") {
+            return Err(ResolveError::Invalid {
+                registry: endpoint.host.clone(),
+                detail: format!(
+                    "it served a schema1 manifest ({content_type}), whose digest cannot be pulled"
+                ),
+            });
+        }
+        let header = digest_header(resp.headers(), &endpoint.host)?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| classify(&endpoint.host, &e, self.call_timeout))?;
+        let computed = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        if let Some(h) = header
+            && h.starts_with("sha256:")
+            && h != computed
+        {
+            return Err(ResolveError::Invalid {
+                registry: endpoint.host.clone(),
+                detail: format!(
+                    "Docker-Content-Digest {h} does not match the manifest's sha256 {computed}"
+                ),
+            });
+        }
+        Ok(computed)
+    }
+
+    async fn fetch_token(
+        &self,
+        endpoint: &Endpoint,
+        realm: &str,
+        service: &str,
+        scope: &str,
+        q: &Lookup<'_>,
+        exchange: &mut Exchange,
+    ) -> Result<Token, ResolveError> {
+        let Lookup {
+            credential,
+            allowed,
+            deadline,
+            ..
+        } = *q;
+        let realm_url = reqwest::Url::parse(realm).map_err(|e| ResolveError::Invalid {
+            registry: endpoint.host.clone(),
+            detail: format!("token realm {realm:?} is not a URL: {e}"),
+        })?;
+        let realm_host = match (realm_url.host_str(), realm_url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => String::new(),
+        };
+        check_host(&realm_host, allowed)?;
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.call_timeout);
+        let mut req = self
+            .client(&endpoint.host)
+            .get(realm_url)
+            .timeout(remaining);
+        let mut query = vec![("scope", scope)];
+        if !service.is_empty() {
+            query.push(("service", service));
+        }
+        req = req.query(&query);
+        if let Some(c) = credential {
+            req = req.header(AUTHORIZATION, basic(c));
+        }
+        exchange.requests += 1;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| classify(&realm_host, &e, remaining))?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(unauthorized(endpoint, scope));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                return Err(ResolveError::RateLimited {
+                    registry: realm_host,
+                    retry_after: retry_after(resp.headers()).map(|d| d.as_secs_f64()),
+                });
+            }
+            s => {
+                return Err(ResolveError::Status {
+                    registry: realm_host,
+                    status: s.as_u16(),
+                });
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+            #[serde(default)]
+            expires_in: Option<u64>,
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| classify(&realm_host, &e, remaining))?;
+        let t: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| ResolveError::Invalid {
+                registry: realm_host.clone(),
+                detail: format!("token response is not JSON: {e}"),
+            })?;
+        let value = t
+            .token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ResolveError::Invalid {
+                registry: realm_host.clone(),
+                detail: "token response has no token".into(),
+            })?;
+        // The spec's default lifetime is 60 s; keep a margin so a token never expires mid-request.
+        let lifetime = Duration::from_secs(t.expires_in.unwrap_or(60).max(10));
+        Ok(Token {
+            value,
+            expires: Instant::now() + lifetime - Duration::from_secs(5),
+        })
+    }
+}
+
+fn unauthorized(endpoint: &Endpoint, repository: &str) -> ResolveError {
+    ResolveError::Unauthorized {
+        registry: endpoint.host.clone(),
+        repository: repository.to_owned(),
+        tried: String::new(),
+    }
+}
+
+fn basic(c: &Credential) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password))
+    )
+}
+
+fn digest_header(headers: &HeaderMap, registry: &str) -> Result<Option<String>, ResolveError> {
+    let Some(v) = headers.get("docker-content-digest") else {
+        return Ok(None);
+    };
+    let d = v.to_str().unwrap_or("");
+    let valid = d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    });
+    if !valid {
+        return Err(ResolveError::Invalid {
+            registry: registry.to_owned(),
+            detail: format!("Docker-Content-Digest {d:?} is not a sha256 digest"),
+        });
+    }
+    Ok(Some(d.to_owned()))
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    v.parse::<u64>().ok().map(Duration::from_secs).or_else(|| {
+        v.parse::<f64>()
+            .ok()
+            .and_then(|f| Duration::try_from_secs_f64(f).ok())
+    })
+}
+
+/// A `WWW-Authenticate` challenge.
+#[derive(Debug, PartialEq, Eq)]
+enum Challenge {
+    Basic,
+    Bearer { realm: String, service: String },
+    None,
+}
+
+fn parse_challenge(header: &str) -> Challenge {
+    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Challenge::Basic;
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Challenge::None;
+    }
+    let mut realm = String::new();
+    let mut service = String::new();
+    let mut rest = params;
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key.trim().trim_start_matches(',').trim();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.split_once('"') {
+                Some((v, n)) => (v, n),
+                None => (quoted, ""),
+            }
+        } else {
+            after.split_once(',').map_or((after, ""), |(v, n)| (v, n))
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "realm" => realm = value.to_owned(),
+            "service" => service = value.to_owned(),
+            _ => {}
+        }
+        rest = next.trim_start_matches(',').trim_start();
+    }
+    if realm.is_empty() {
+        Challenge::None
+    } else {
+        Challenge::Bearer { realm, service }
+    }
+}
+
+/// Turns a reqwest error into what happened, in words.
+fn classify(registry: &str, e: &reqwest::Error, limit: Duration) -> ResolveError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(f) = s.downcast_ref::<ForbiddenAddress>() {
+            return ResolveError::Forbidden {
+                host: f.host.clone(),
+                reason: format!(
+                    "it resolves to {}, a link-local or metadata address",
+                    f.addrs
+                ),
+            };
+        }
+        if let Some(t) = s.downcast_ref::<rustls::Error>() {
+            return ResolveError::Tls {
+                registry: registry.to_owned(),
+                detail: t.to_string(),
+            };
+        }
+        source = s.source();
+    }
+    if e.is_timeout() {
+        return ResolveError::Timeout {
+            registry: registry.to_owned(),
+            seconds: limit.as_secs_f64(),
+        };
+    }
+    let mut detail = e.to_string();
+    let mut s = std::error::Error::source(e);
+    while let Some(inner) = s {
+        detail = inner.to_string();
+        s = inner.source();
+    }
+    ResolveError::Connect {
+        registry: registry.to_owned(),
+        detail,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_client::manifest::{
+        IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+        OCI_IMAGE_MEDIA_TYPE,
+    };
+
+    #[test]
+    fn accept_covers_the_four_manifest_types() {
+        for t in [
+            OCI_IMAGE_INDEX_MEDIA_TYPE,
+            OCI_IMAGE_MEDIA_TYPE,
+            IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+            IMAGE_MANIFEST_MEDIA_TYPE,
+        ] {
+            assert!(MANIFEST_ACCEPT.contains(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn forbids_metadata_and_link_local() {
+        for ip in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+            "100.100.100.200",
+            "0.0.0.0",
+        ] {
+            assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["127.0.0.1", "10.0.0.5", "192.168.1.1", "::1", "8.8.8.8"] {
+            assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn ip_literal_hosts_are_checked_before_any_request() {
+        assert!(matches!(
+            check_host("169.254.169.254", None),
+            Err(ResolveError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            check_host("169.254.169.254:80", None),
+            Err(ResolveError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            check_host("[fd00:ec2::254]:443", None),
+            Err(ResolveError::Forbidden { .. })
+        ));
+        assert!(check_host("127.0.0.1:5000", None).is_ok());
+    }
+
+    #[test]
+    fn allowed_registries_bound_every_host() {
+        let allowed = Patterns::new(&["*.example.com"], true).unwrap();
+        assert!(check_host("registry.example.com", Some(&allowed)).is_ok());
+        let err = check_host("auth.docker.io", Some(&allowed)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refusing to contact auth.docker.io: not in allowedRegistries"
+        );
+    }
+
+    #[test]
+    fn parses_bearer_challenge() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull""#,
+        );
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://auth.example.com/token".into(),
+                service: "registry.example.com".into()
+            }
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Challenge::Basic
+        );
+        assert_eq!(parse_challenge("Negotiate"), Challenge::None);
+    }
+
+    #[test]
+    fn rejects_malformed_digest_header() {
+        let mut h = HeaderMap::new();
+        h.insert("docker-content-digest", "sha256:xyz".parse().unwrap());
+        assert!(matches!(
+            digest_header(&h, "r"),
+            Err(ResolveError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn docker_hub_goes_to_registry_1() {
+        let t = Transport::new(&[], Duration::from_secs(1)).unwrap();
+        let e = t.endpoints("docker.io");
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].host.as_str(), e[0].scheme),
+            ("registry-1.docker.io", "https")
+        );
+    }
+
+    #[test]
+    fn mirrors_come_first_and_insecure_means_http() {
+        let t = Transport::new(
+            &[RegistrySettings {
+                host: "127.0.0.1:5000".into(),
+                insecure: true,
+                ca_file: None,
+                mirrors: vec!["127.0.0.1:6000".into()],
+            }],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let e = t.endpoints("127.0.0.1:5000");
+        assert_eq!(
+            e.iter()
+                .map(|e| (e.host.as_str(), e.scheme))
+                .collect::<Vec<_>>(),
+            [("127.0.0.1:6000", "http"), ("127.0.0.1:5000", "http")]
+        );
+        assert_eq!(e[0].mirror_of.as_deref(), Some("127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn unreadable_ca_file_names_it() {
+        let err = Transport::new(
+            &[RegistrySettings {
+                host: "r.io".into(),
+                insecure: false,
+                ca_file: Some("/nonexistent/ca.pem".into()),
+                mirrors: vec![],
+            }],
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("registries[r.io].caFile /nonexistent/ca.pem:"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! The audit trail and the metrics, observed from outside: one JSON line on stdout per request
+//! with findings, none for clean requests, nothing from the object beyond its images, and
+//! `pinhook_`-prefixed Prometheus counters for every decision.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Http, Options, Pinhook, fixture};
+use serde_json::{Value, json};
+
+/// The uid of the request [`settle`] sends; its record is left out of what `settle` returns.
+const BARRIER_UID: &str = "barrier-00000000-0000-0000-0000-000000000000";
+
+/// Sends one more offending request and waits for its audit line. stdout is read by another
+/// thread, but in order, so once that line is in every line written before it is too. Returns
+/// the audit records other than the barrier's.
+async fn settle(server: &Pinhook) -> Vec<Value> {
+    let mut review = fixture("pod_mutable_latest_tag");
+    review["request"]["uid"] = json!(BARRIER_UID);
+    let (status, _, body) = server.validate(Http::V2, &review).await;
+    assert_eq!(status, 200, "{body}");
+    server.wait_for_line(Duration::from_secs(10), |v| v["uid"] == BARRIER_UID);
+    server
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["uid"] != BARRIER_UID)
+        .collect()
+}
+
+/// Posts fixture `review` and returns its `response`.
+async fn post(server: &Pinhook, review: &Value) -> Value {
+    let (status, _, body) = server.validate(Http::V2, review).await;
+    assert_eq!(status, 200, "{body}");
+    common::response_of(&body, review["request"]["uid"].as_str().unwrap())
+}
+
+fn start_in(mode: &str) -> Pinhook {
+    Pinhook::start_with(Options {
+        policy: Some(format!("mode: {mode}\n")),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn denied_request_writes_one_json_audit_line_with_every_field() {
+    let server = Pinhook::start();
+    let review = fixture("pod_dry_run_mutable_tag");
+    let uid = review["request"]["uid"].as_str().unwrap().to_owned();
+    assert_eq!(post(&server, &review).await["allowed"], false);
+
+    let records = settle(&server).await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+
+    let keys: BTreeSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = [
+        "timestamp",
+        "event",
+        "uid",
+        "operation",
+        "namespace",
+        "kind",
+        "name",
+        "generateName",
+        "user",
+        "dryRun",
+        "mode",
+        "endpoint",
+        "violations",
+    ]
+    .into();
+    assert_eq!(keys, expected, "{r}");
+
+    let ts = r["timestamp"].as_str().unwrap();
+    assert!(
+        ts.contains('T') && ts.ends_with('Z'),
+        "not RFC 3339 UTC: {ts}"
+    );
+    assert_eq!(r["event"], "admission.denied");
+    assert_eq!(r["uid"], uid);
+    assert_eq!(r["operation"], "CREATE");
+    assert_eq!(r["namespace"], "shop");
+    assert_eq!(r["kind"], "Pod");
+    assert_eq!(r["name"], "");
+    assert_eq!(r["generateName"], "web-7d9c6b5f4-");
+    assert_eq!(r["user"], "alice@example.com");
+    assert_eq!(r["dryRun"], true);
+    assert_eq!(r["mode"], "enforce");
+    assert_eq!(r["endpoint"], "validate");
+    assert_eq!(
+        r["violations"],
+        json!([{
+            "container": "web",
+            "path": "spec.containers[0]",
+            "image": "nginx:latest",
+            "rule": "mutable-tag",
+            "reason": "image \"nginx:latest\" uses mutable tag \"latest\"; use a version tag or a digest",
+        }])
+    );
+}
+
+#[tokio::test]
+async fn warned_and_audited_requests_are_recorded_with_their_event() {
+    for (mode, event) in [("warn", "admission.warned"), ("audit", "admission.audited")] {
+        let server = start_in(mode);
+        let review = fixture("pod_mutable_latest_tag");
+        assert_eq!(post(&server, &review).await["allowed"], true, "{mode}");
+        let records = settle(&server).await;
+        assert_eq!(records.len(), 1, "{mode}: {records:#?}");
+        assert_eq!(records[0]["event"], event, "{mode}");
+        assert_eq!(records[0]["mode"], mode);
+        assert_eq!(records[0]["uid"], review["request"]["uid"]);
+    }
+}
+
+#[tokio::test]
+async fn clean_requests_write_no_audit_line() {
+    let server = Pinhook::start();
+    for name in ["pod_version_tags", "pod_pinned_by_digest"] {
+        assert_eq!(
+            post(&server, &fixture(name)).await["allowed"],
+            true,
+            "{name}"
+        );
+    }
+    let records = settle(&server).await;
+    assert!(records.is_empty(), "{records:#?}");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_decision_and_latency() {
+    let server = Pinhook::start();
+    for name in ["pod_mutable_latest_tag", "pod_dry_run_mutable_tag"] {
+        assert_eq!(
+            post(&server, &fixture(name)).await["allowed"],
+            false,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        post(&server, &fixture("pod_version_tags")).await["allowed"],
+        true
+    );
+    let (status, _, body) = server.post_json(Http::V2, "/validate", b"{".to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+
+    let text = server.metrics().await;
+    let lines: Vec<&str> = text.lines().collect();
+    for expected in [
+        r#"pinhook_admission_requests_total{endpoint="validate",decision="denied"} 2"#,
+        r#"pinhook_admission_requests_total{endpoint="validate",decision="allowed"} 1"#,
+        r#"pinhook_admission_requests_total{endpoint="validate",decision="error"} 1"#,
+        r#"pinhook_admission_duration_seconds_count{endpoint="validate"} 3"#,
+        r#"pinhook_violations_total{rule="mutable-tag",mode="enforce"} 2"#,
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+    }
+
+    let names: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split(' ').next(),
+            None if l.starts_with('#') => None,
+            None => l.split(['{', ' ']).next(),
+        })
+        .collect();
+    assert!(names.len() > 10, "too few metrics to judge:\n{text}");
+    let foreign: Vec<&&str> = names
+        .iter()
+        .filter(|n| !n.starts_with("pinhook_"))
+        .collect();
+    assert!(foreign.is_empty(), "{foreign:?} in\n{text}");
+}
+
+#[tokio::test]
+async fn audit_line_never_contains_env_values() {
+    const SECRET: &str = "s3cr3t-value";
+    let server = Pinhook::start();
+    let mut review = fixture("pod_mutable_latest_tag");
+    review["request"]["object"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "DB_PASSWORD", "value": SECRET}]);
+    assert_eq!(post(&server, &review).await["allowed"], false);
+
+    let records = settle(&server).await;
+    assert_eq!(records.len(), 1, "the request was audited: {records:#?}");
+    let leaks: Vec<String> = server
+        .lines()
+        .into_iter()
+        .chain(server.stderr())
+        .filter(|l| l.contains(SECRET))
+        .collect();
+    assert!(leaks.is_empty(), "{leaks:#?}");
+}
