@@ -41,7 +41,7 @@ pub struct RequestInfo {
     pub user: String,
     /// `request.dryRun`.
     pub dry_run: bool,
-    /// The endpoint that answered (`validate`, `mutate`, or `check`).
+    /// The endpoint that answered (`validate` or `mutate`).
     pub endpoint: &'static str,
 }
 

@@ -175,16 +175,52 @@ impl Patterns {
     }
 }
 
+/// One glob, checked where it is written so an error names its line.
+struct GlobItem<const CI: bool>(String);
+
+impl<'de, const CI: bool> Deserialize<'de> for GlobItem<CI> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        GlobBuilder::new(&s)
+            .case_insensitive(CI)
+            .build()
+            .map_err(|e| serde::de::Error::custom(format!("invalid glob {s:?}: {}", e.kind())))?;
+        Ok(Self(s))
+    }
+}
+
 /// Glob patterns deserialized from a YAML list; `CI` selects case-insensitive matching.
 #[derive(Debug, Clone, Default)]
 struct GlobList<const CI: bool>(Patterns);
 
 impl<'de, const CI: bool> Deserialize<'de> for GlobList<CI> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Vec::<String>::deserialize(d)?;
+        let raw: Vec<String> = Vec::<GlobItem<CI>>::deserialize(d)?
+            .into_iter()
+            .map(|g| g.0)
+            .collect();
         Patterns::new(&raw, CI)
             .map(GlobList)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One regex, checked where it is written so an error names its line.
+struct RegexItem(String);
+
+impl<'de> Deserialize<'de> for RegexItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Regex::new(&s).map_err(|e| {
+            // regex's messages span several lines (the pattern, a caret); keep one.
+            let one_line = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            serde::de::Error::custom(format!("invalid regex {s:?}: {one_line}"))
+        })?;
+        Ok(Self(s))
     }
 }
 
@@ -197,11 +233,10 @@ struct RegexList {
 
 impl<'de> Deserialize<'de> for RegexList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Vec::<String>::deserialize(d)?;
-        for r in &raw {
-            Regex::new(r)
-                .map_err(|e| serde::de::Error::custom(format!("invalid regex {r:?}: {e}")))?;
-        }
+        let raw: Vec<String> = Vec::<RegexItem>::deserialize(d)?
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
         let set = RegexSet::new(&raw).map_err(serde::de::Error::custom)?;
         Ok(Self { set, sources: raw })
     }
@@ -358,7 +393,7 @@ impl Reason {
                 format!("image {image:?} uses mutable tag {tag:?}; use a version tag or a digest")
             }
             Reason::PartialVersion(tag) => format!(
-                "image {image:?} uses partial version tag {tag:?}, which moves with each patch release; use a full version (e.g. {tag}.0) or a digest"
+                "image {image:?} uses partial version tag {tag:?}, which moves with each new release; use a full major.minor.patch version or a digest"
             ),
             Reason::TagNotAllowed { tag, allowed } => format!(
                 "image {image:?} uses tag {tag:?}, which matches none of allowedTags ({}); use a tag that does, or a digest",
@@ -423,12 +458,13 @@ impl Profile {
         if reference.is_pinned() {
             return Verdict::Accepted(reference);
         }
-        let Some(tag) = reference.tag() else {
-            return if self.mutable_tags.is_match("latest") {
-                Verdict::Rejected(Reason::MissingTag)
-            } else {
-                Verdict::Accepted(reference)
-            };
+        // A missing tag counts as "latest" for every tag rule.
+        let tag = match reference.tag() {
+            Some(tag) => tag,
+            None if self.mutable_tags.is_match("latest") => {
+                return Verdict::Rejected(Reason::MissingTag);
+            }
+            None => "latest",
         };
         if self.mutable_tags.is_match(tag) {
             return Verdict::Rejected(Reason::MutableTag(tag.to_owned()));
@@ -462,10 +498,11 @@ pub fn is_partial_version(tag: &str) -> bool {
         return false;
     }
     let parts: Vec<&str> = version.split('.').collect();
+    // A major of four or more digits is a date or build number (2024, 20240101), not a version.
     let numeric = parts
         .iter()
         .all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()));
-    numeric && parts.len() <= 2
+    numeric && parts.len() <= 2 && parts[0].len() <= 3
 }
 
 /// A loaded, compiled policy.
@@ -495,7 +532,8 @@ impl Policy {
         Self::from_yaml(&text, &path.display().to_string())
     }
 
-    /// Compiles a policy from YAML text; `file` names it in errors. An empty document is the default.
+    /// Compiles a policy from YAML text; `file` names it in errors. A document of only comments is
+    /// the built-in default; an empty file is refused.
     pub fn from_yaml(text: &str, file: &str) -> Result<Self, PolicyError> {
         if text.trim().is_empty() {
             // A zero-byte file is what a half-finished, non-atomic write looks like.
@@ -520,10 +558,10 @@ impl Policy {
                 let inner = e.into_inner();
                 let message = strip_location(&inner.to_string());
                 // serde_yaml_ng prefixes the key path, which the error names on its own.
-                let message = message
-                    .strip_prefix(&format!("{key}: "))
-                    .map(str::to_owned)
-                    .unwrap_or(message);
+                let message = match message.split_once(": ") {
+                    Some((prefix, rest)) if key.starts_with(prefix) => rest.to_owned(),
+                    _ => message,
+                };
                 PolicyError::Invalid {
                     file: file.to_owned(),
                     location: inner.location().map(|l| (l.line(), l.column())),
@@ -729,6 +767,8 @@ mod tests {
             "1.25.3",
             "1.25.3-alpine",
             "20240101",
+            "2024",
+            "2024.10",
             "abc",
             "1.x",
             "1-2",
@@ -868,6 +908,46 @@ mod tests {
         assert!(msg.contains("allowedTags"), "{msg}");
         assert!(msg.contains("(unclosed"), "{msg}");
         assert!(msg.contains("line "), "{msg}");
+    }
+
+    #[test]
+    fn bad_pattern_error_names_its_own_line() {
+        let msg = Policy::from_yaml(
+            "mode: warn\nallowedTags:\n  - '^v1'\n  - '(unclosed'\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        // The key names the item exactly; serde_yaml_ng's line may be the previous item's.
+        assert!(msg.contains("key \"allowedTags[1]\": invalid regex \"(unclosed\""), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn nested_unknown_key_is_not_repeated() {
+        let msg = Policy::from_yaml("rules:\n  - namespaces: [a]\n    mdoe: warn\n", "p.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("key \"rules[0].mdoe\": unknown field `mdoe`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_tag_is_checked_as_latest_by_allowed_tags() {
+        let p = policy("mutableTags: []\nallowedTags: ['^v?\\d+\\.\\d+\\.\\d+$']\n");
+        assert!(matches!(
+            reason(&p, "a", "nginx"),
+            Some(Reason::TagNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn partial_version_hint_does_not_suggest_another_partial_version() {
+        let msg = Reason::PartialVersion("16".into()).describe("postgres:16");
+        assert!(msg.contains("full major.minor.patch version"), "{msg}");
+        assert!(!msg.contains("16.0"), "{msg}");
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
+        .fallback(ops_not_found)
         .with_state(state)
 }
 
@@ -150,6 +150,13 @@ async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         "no such endpoint; pinhook serves POST /validate and POST /mutate".into(),
+    )
+}
+
+async fn ops_not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; this port serves GET /healthz, /readyz and /metrics".into(),
     )
 }
 

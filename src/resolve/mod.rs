@@ -374,13 +374,15 @@ impl Resolver {
                     Ok(_) => "ok",
                     Err(e) => e.metric_label(),
                 };
-                self.metrics
-                    .registry_requests
-                    .get_or_create(&RegistryLabels {
-                        registry: endpoint.host.clone(),
-                        outcome,
-                    })
-                    .inc_by(u64::from(exchange.requests));
+                if exchange.requests > 0 {
+                    self.metrics
+                        .registry_requests
+                        .get_or_create(&RegistryLabels {
+                            registry: endpoint.host.clone(),
+                            outcome,
+                        })
+                        .inc_by(u64::from(exchange.requests));
+                }
                 tried.push(credential.map_or_else(|| "anonymous".to_owned(), |c| c.source.clone()));
                 match r {
                     Err(ResolveError::Unauthorized {
