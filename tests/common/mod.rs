@@ -2,6 +2,9 @@
 //! talks to it over HTTP/1.1 or HTTP/2 with a client that trusts only that certificate's CA.
 #![allow(dead_code)]
 
+pub mod kube;
+pub mod registry;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,9 +52,13 @@ pub struct Pinhook {
 
 /// Loads `tests/fixtures/NAME.json`.
 pub fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {} is not JSON: {e}", path.display()))
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("fixture {} is not JSON: {e}", path.display()))
 }
 
 /// Installs the rustls provider the clients use (idempotent).
@@ -61,7 +68,8 @@ pub fn init_crypto() {
 
 /// Writes a fresh CA + serving certificate for localhost/127.0.0.1 into `dir`; returns the CA PEM.
 pub fn write_certs(dir: &Path) -> String {
-    let c = pinhook::certs::generate(&["localhost".into(), "127.0.0.1".into()], 2).expect("generate certificate");
+    let c = pinhook::certs::generate(&["localhost".into(), "127.0.0.1".into()], 2)
+        .expect("generate certificate");
     std::fs::write(dir.join("tls.crt"), &c.cert_pem).unwrap();
     std::fs::write(dir.join("tls.key"), &c.key_pem).unwrap();
     std::fs::write(dir.join("ca.crt"), &c.ca_pem).unwrap();
@@ -94,17 +102,28 @@ impl Pinhook {
         let dir = tempfile::tempdir().unwrap();
         let ca_pem = write_certs(dir.path());
         let mut cmd = Command::new(binary());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--reload-interval", "100ms"])
-            .arg("--tls-cert")
-            .arg(dir.path().join("tls.crt"))
-            .arg("--tls-key")
-            .arg(dir.path().join("tls.key"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--reload-interval",
+            "100ms",
+        ])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"));
         if let Some(policy) = &opts.policy {
             let p = dir.path().join("policy.yaml");
             std::fs::write(&p, policy).unwrap();
             cmd.arg("--policy").arg(p);
         }
-        cmd.args(&opts.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(&opts.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn pinhook");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -121,7 +140,15 @@ impl Pinhook {
             if let Some(v) = serving {
                 let addr = v["listen"].as_str().unwrap().parse().unwrap();
                 let ops = v["metrics_listen"].as_str().unwrap().parse().unwrap();
-                return Self { child, addr, ops, ca_pem, dir, lines, stderr };
+                return Self {
+                    child,
+                    addr,
+                    ops,
+                    ca_pem,
+                    dir,
+                    lines,
+                    stderr,
+                };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
@@ -130,7 +157,11 @@ impl Pinhook {
                     stderr.lock().unwrap()
                 );
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "pinhook did not start: {:?}", lines.lock().unwrap());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "pinhook did not start: {:?}",
+                lines.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -151,12 +182,26 @@ impl Pinhook {
     }
 
     /// POSTs `body` to `/validate` and returns status, HTTP version and parsed JSON.
-    pub async fn validate(&self, http: Http, body: &Value) -> (reqwest::StatusCode, reqwest::Version, Value) {
-        self.post_json(http, "/validate?timeout=10s", serde_json::to_vec(body).unwrap()).await
+    pub async fn validate(
+        &self,
+        http: Http,
+        body: &Value,
+    ) -> (reqwest::StatusCode, reqwest::Version, Value) {
+        self.post_json(
+            http,
+            "/validate?timeout=10s",
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
     }
 
     /// POSTs raw bytes to `path`.
-    pub async fn post_json(&self, http: Http, path: &str, body: Vec<u8>) -> (reqwest::StatusCode, reqwest::Version, Value) {
+    pub async fn post_json(
+        &self,
+        http: Http,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (reqwest::StatusCode, reqwest::Version, Value) {
         let resp = self
             .client(http)
             .post(self.url(path))
@@ -168,13 +213,19 @@ impl Pinhook {
         let status = resp.status();
         let version = resp.version();
         let text = resp.text().await.expect("body");
-        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("response is not JSON ({e}): {text:?}"));
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {text:?}"));
         (status, version, json)
     }
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.ops_url("/metrics")).await.unwrap().text().await.unwrap()
+        reqwest::get(self.ops_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Every stdout line so far.
@@ -192,7 +243,11 @@ impl Pinhook {
         self.lines()
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["event"].as_str().is_some_and(|e| e.starts_with("admission.")))
+            .filter(|v| {
+                v["event"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("admission."))
+            })
             .collect()
     }
 
@@ -200,10 +255,19 @@ impl Pinhook {
     pub fn wait_for_line(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
         loop {
-            if let Some(v) = self.lines().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| pred(v)) {
+            if let Some(v) = self
+                .lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| pred(v))
+            {
                 return v;
             }
-            assert!(start.elapsed() < timeout, "no matching line within {timeout:?}: {:#?}", self.lines());
+            assert!(
+                start.elapsed() < timeout,
+                "no matching line within {timeout:?}: {:#?}",
+                self.lines()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -215,7 +279,10 @@ impl Pinhook {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -226,7 +293,10 @@ impl Pinhook {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(start.elapsed() < timeout, "pinhook did not exit within {timeout:?}");
+            assert!(
+                start.elapsed() < timeout,
+                "pinhook did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -258,6 +328,9 @@ pub fn response_of(review: &Value, uid: &str) -> Value {
     assert_eq!(review["kind"], "AdmissionReview", "{review}");
     let resp = review["response"].clone();
     assert_eq!(resp["uid"], uid, "uid not echoed: {review}");
-    assert!(resp.get("patch").is_none() && resp.get("patchType").is_none(), "validate must never patch: {review}");
+    assert!(
+        resp.get("patch").is_none() && resp.get("patchType").is_none(),
+        "validate must never patch: {review}"
+    );
     resp
 }
