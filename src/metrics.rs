@@ -181,6 +181,18 @@ impl Metrics {
         }
     }
 
+    /// Counts one admission request.
+    pub fn request(&self, endpoint: &'static str, decision: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, decision })
+            .inc();
+    }
+
+    /// Counts one digest cache lookup.
+    pub fn cache_lookup(&self, result: &'static str) {
+        self.cache.get_or_create(&CacheLabels { result }).inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

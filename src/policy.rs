@@ -919,7 +919,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         // The key names the item exactly; serde_yaml_ng's line may be the previous item's.
-        assert!(msg.contains("key \"allowedTags[1]\": invalid regex \"(unclosed\""), "{msg}");
+        assert!(
+            msg.contains("key \"allowedTags[1]\": invalid regex \"(unclosed\""),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'), "{msg}");
     }
 

@@ -24,7 +24,7 @@ use kube::core::admission::{
 use crate::admission;
 use crate::audit::{self, RequestInfo};
 use crate::config::{ServeArgs, parse_duration};
-use crate::metrics::{EndpointLabels, Metrics, ReloadLabels, RequestLabels, ViolationLabels};
+use crate::metrics::{EndpointLabels, Metrics, ReloadLabels, ViolationLabels};
 use crate::mutate::Pinner;
 use crate::policy::{Policy, PolicyError};
 use crate::reload::FileWatch;
@@ -308,13 +308,7 @@ async fn handle(
         Ok(req) => req,
         Err(bad) => {
             tracing::warn!(endpoint, status = bad.status.as_u16(), error = %bad.message, "rejected malformed admission request");
-            metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    endpoint,
-                    decision: "error",
-                })
-                .inc();
+            metrics.request(endpoint, "error");
             return error_response(bad.status, bad.message);
         }
     };
@@ -362,26 +356,14 @@ async fn handle(
     let body = match admission::review_json(response) {
         Ok(b) => b,
         Err(e) => {
-            metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    endpoint,
-                    decision: "error",
-                })
-                .inc();
+            metrics.request(endpoint, "error");
             return error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot serialize response: {e}"),
             );
         }
     };
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            endpoint,
-            decision: label,
-        })
-        .inc();
+    metrics.request(endpoint, label);
     metrics
         .duration
         .get_or_create(&EndpointLabels { endpoint })

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::metrics::{CacheLabels, Metrics, RegistryLabels};
+use crate::metrics::{Metrics, RegistryLabels};
 use crate::policy::Patterns;
 use crate::reference::ImageRef;
 use auth::{Credential, Keyring};
@@ -293,56 +293,35 @@ impl Resolver {
         let fresh = entry.is_fresh();
         let result = entry.into_value().result;
         let cache_result = if fresh { "miss" } else { "hit" };
-        match result {
-            Ok(digest) => {
-                self.metrics
-                    .cache
-                    .get_or_create(&CacheLabels {
-                        result: cache_result,
-                    })
-                    .inc();
-                if fresh {
-                    self.last_good.insert(key, (digest.clone(), Instant::now()));
-                    self.metrics
-                        .resolution_duration
-                        .observe(start.elapsed().as_secs_f64());
-                }
+        if fresh && let Ok(digest) = &result {
+            self.last_good
+                .insert(key.clone(), (digest.clone(), Instant::now()));
+            self.metrics
+                .resolution_duration
+                .observe(start.elapsed().as_secs_f64());
+        }
+        let (answer, label) = match result {
+            Ok(digest) => (
                 Ok(Resolved {
                     digest,
                     stale_for: None,
-                })
-            }
-            Err(e) if e.is_outage() => match self.last_good.get(&key) {
-                Some((digest, at)) if at.elapsed() <= scope.stale_if_error => {
-                    self.metrics
-                        .cache
-                        .get_or_create(&CacheLabels { result: "stale" })
-                        .inc();
+                }),
+                cache_result,
+            ),
+            Err(e) => match self.last_good.get(&key) {
+                // The registry is failing: a digest resolved recently enough is still served.
+                Some((digest, at)) if e.is_outage() && at.elapsed() <= scope.stale_if_error => (
                     Ok(Resolved {
                         digest,
                         stale_for: Some(at.elapsed()),
-                    })
-                }
-                _ => {
-                    self.metrics
-                        .cache
-                        .get_or_create(&CacheLabels {
-                            result: cache_result,
-                        })
-                        .inc();
-                    Err(e)
-                }
+                    }),
+                    "stale",
+                ),
+                _ => (Err(e), cache_result),
             },
-            Err(e) => {
-                self.metrics
-                    .cache
-                    .get_or_create(&CacheLabels {
-                        result: cache_result,
-                    })
-                    .inc();
-                Err(e)
-            }
-        }
+        };
+        self.metrics.cache_lookup(label);
+        answer
     }
 
     async fn lookup(
