@@ -14,7 +14,11 @@ async fn decide(server: &Pinhook, http: Http, name: &str) -> Value {
     let review = fixture(name);
     let (status, version, body) = server.validate(http, &review).await;
     assert_eq!(status, 200, "{name}: {body}");
-    let expected = if http == Http::V2 { reqwest::Version::HTTP_2 } else { reqwest::Version::HTTP_11 };
+    let expected = if http == Http::V2 {
+        reqwest::Version::HTTP_2
+    } else {
+        reqwest::Version::HTTP_11
+    };
     assert_eq!(version, expected, "{name}");
     response_of(&body, &uid(&review))
 }
@@ -27,12 +31,18 @@ async fn pod_with_latest_is_denied_with_actionable_message() {
         assert_eq!(resp["allowed"], false);
         assert_eq!(resp["status"]["code"], 403);
         let msg = resp["status"]["message"].as_str().unwrap();
-        assert!(msg.starts_with("pinhook denied Pod shop/web-7d9c6b5f4-*"), "{msg}");
+        assert!(
+            msg.starts_with("pinhook denied Pod shop/web-7d9c6b5f4-*"),
+            "{msg}"
+        );
         assert!(
             msg.contains(r#"container "web" (spec.containers[0]): image "nginx:latest" uses mutable tag "latest"; use a version tag or a digest"#),
             "{msg}"
         );
-        assert_eq!(resp["auditAnnotations"]["rejected-images"], "web=nginx:latest (mutable-tag)");
+        assert_eq!(
+            resp["auditAnnotations"]["rejected-images"],
+            "web=nginx:latest (mutable-tag)"
+        );
     }
 }
 
@@ -54,7 +64,13 @@ async fn missing_tag_counts_as_latest() {
     let server = Pinhook::start();
     let resp = decide(&server, Http::V2, "pod_no_tag").await;
     assert_eq!(resp["allowed"], false);
-    assert!(resp["status"]["message"].as_str().unwrap().contains(r#"image "nginx" has no tag"#), "{resp}");
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"image "nginx" has no tag"#),
+        "{resp}"
+    );
 }
 
 #[tokio::test]
@@ -81,7 +97,11 @@ async fn every_workload_kind_is_denied_at_its_template_path() {
         ("replicaset", "ReplicaSet", "spec.template.spec"),
         ("statefulset", "StatefulSet", "spec.template.spec"),
         ("daemonset", "DaemonSet", "spec.template.spec"),
-        ("replicationcontroller", "ReplicationController", "spec.template.spec"),
+        (
+            "replicationcontroller",
+            "ReplicationController",
+            "spec.template.spec",
+        ),
         ("job", "Job", "spec.template.spec"),
         ("cronjob", "CronJob", "spec.jobTemplate.spec.template.spec"),
         ("podtemplate", "PodTemplate", "template.spec"),
@@ -91,8 +111,16 @@ async fn every_workload_kind_is_denied_at_its_template_path() {
             let resp = decide(&server, http, &format!("{file}_mutable_tags")).await;
             assert_eq!(resp["allowed"], false, "{file}: {resp}");
             let msg = resp["status"]["message"].as_str().unwrap();
-            assert!(msg.starts_with(&format!("pinhook denied {kind} shop/web: 2 images violate")), "{file}: {msg}");
-            assert!(msg.contains(&format!(r#"container "web" ({path}.containers[0]): image "shop/web:latest""#)), "{file}: {msg}");
+            assert!(
+                msg.starts_with(&format!("pinhook denied {kind} shop/web: 2 images violate")),
+                "{file}: {msg}"
+            );
+            assert!(
+                msg.contains(&format!(
+                    r#"container "web" ({path}.containers[0]): image "shop/web:latest""#
+                )),
+                "{file}: {msg}"
+            );
             assert!(msg.contains(&format!(r#"container "proxy" ({path}.containers[2]): image "envoyproxy/envoy:dev-latest""#)), "{file}: {msg}");
             assert!(!msg.contains(r#""metrics""#), "{file}: {msg}");
 
@@ -109,13 +137,21 @@ async fn ephemeral_container_subresource_judges_only_the_new_container() {
     assert_eq!(resp["allowed"], false);
     let msg = resp["status"]["message"].as_str().unwrap();
     assert!(msg.contains("1 image violates"), "{msg}");
-    assert!(msg.contains(r#"container "debugger-x7k2" (spec.ephemeralContainers[0]): image "busybox:latest""#), "{msg}");
+    assert!(
+        msg.contains(
+            r#"container "debugger-x7k2" (spec.ephemeralContainers[0]): image "busybox:latest""#
+        ),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn update_without_image_change_is_allowed() {
     let server = Pinhook::start();
-    for name in ["pod_update_label_only", "deployment_scale_keeps_old_mutable_tags"] {
+    for name in [
+        "pod_update_label_only",
+        "deployment_scale_keeps_old_mutable_tags",
+    ] {
         let resp = decide(&server, Http::V1, name).await;
         assert_eq!(resp["allowed"], true, "{name}: {resp}");
     }
@@ -126,20 +162,39 @@ async fn update_that_changes_an_image_is_judged() {
     let server = Pinhook::start();
     let resp = decide(&server, Http::V2, "pod_update_image_changed").await;
     assert_eq!(resp["allowed"], false);
-    assert!(resp["status"]["message"].as_str().unwrap().contains(r#"uses mutable tag "main""#), "{resp}");
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"uses mutable tag "main""#),
+        "{resp}"
+    );
 }
 
 #[tokio::test]
 async fn delete_connect_unknown_kinds_and_exempt_namespaces_pass_untouched() {
     let server = Pinhook::start();
     for http in BOTH {
-        for name in ["pod_delete", "pod_connect_exec", "configmap_unknown_kind", "pod_in_kube_system", "deployment_image_unset"] {
+        for name in [
+            "pod_delete",
+            "pod_connect_exec",
+            "configmap_unknown_kind",
+            "pod_in_kube_system",
+            "deployment_image_unset",
+        ] {
             let resp = decide(&server, http, name).await;
             assert_eq!(resp["allowed"], true, "{name}: {resp}");
-            assert!(resp.get("warnings").is_none() && resp.get("auditAnnotations").is_none(), "{name}: {resp}");
+            assert!(
+                resp.get("warnings").is_none() && resp.get("auditAnnotations").is_none(),
+                "{name}: {resp}"
+            );
         }
     }
-    assert!(server.audit_records().is_empty(), "{:?}", server.audit_records());
+    assert!(
+        server.audit_records().is_empty(),
+        "{:?}",
+        server.audit_records()
+    );
 }
 
 #[tokio::test]
@@ -148,16 +203,34 @@ async fn invalid_reference_is_denied_quoting_it() {
     let resp = decide(&server, Http::V2, "pod_invalid_reference").await;
     assert_eq!(resp["allowed"], false);
     let msg = resp["status"]["message"].as_str().unwrap();
-    assert!(msg.contains(r#"image "nginx:1.0 " is not a valid image reference (leading or trailing whitespace)"#), "{msg}");
-    assert!(msg.contains(r#"image "Shop/API:1.0.0" is not a valid image reference (invalid reference format)"#), "{msg}");
+    assert!(
+        msg.contains(
+            r#"image "nginx:1.0 " is not a valid image reference (leading or trailing whitespace)"#
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(
+            r#"image "Shop/API:1.0.0" is not a valid image reference (invalid reference format)"#
+        ),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn warn_mode_allows_with_warnings_under_120_chars() {
-    let server = Pinhook::start_with(common::Options { policy: Some("mode: warn\n".into()), ..Default::default() });
+    let server = Pinhook::start_with(common::Options {
+        policy: Some("mode: warn\n".into()),
+        ..Default::default()
+    });
     let resp = decide(&server, Http::V2, "deployment_mutable_tags").await;
     assert_eq!(resp["allowed"], true);
-    let warnings: Vec<&str> = resp["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    let warnings: Vec<&str> = resp["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
     assert_eq!(
         warnings,
         [
@@ -166,13 +239,21 @@ async fn warn_mode_allows_with_warnings_under_120_chars() {
         ]
     );
     assert!(warnings.iter().all(|w| w.chars().count() < 120));
-    assert!(resp["auditAnnotations"]["warned-images"].as_str().unwrap().contains("web=shop/web:latest"));
+    assert!(
+        resp["auditAnnotations"]["warned-images"]
+            .as_str()
+            .unwrap()
+            .contains("web=shop/web:latest")
+    );
 }
 
 #[tokio::test]
 async fn namespace_rule_overrides_mode() {
     let policy = "rules:\n  - namespaces: [\"sho*\"]\n    mode: audit\n";
-    let server = Pinhook::start_with(common::Options { policy: Some(policy.into()), ..Default::default() });
+    let server = Pinhook::start_with(common::Options {
+        policy: Some(policy.into()),
+        ..Default::default()
+    });
     let resp = decide(&server, Http::V2, "pod_mutable_latest_tag").await;
     assert_eq!(resp["allowed"], true);
     assert!(resp.get("warnings").is_none());
