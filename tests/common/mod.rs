@@ -33,6 +33,9 @@ pub struct Options {
     pub policy: Option<String>,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// Extra environment variables (e.g. `KUBECONFIG` pointing at a `FakeKube`). `KUBECONFIG` is
+    /// removed from the inherited environment unless set here, so no test reaches a real cluster.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `pinhook serve`.
@@ -119,6 +122,10 @@ impl Pinhook {
             let p = dir.path().join("policy.yaml");
             std::fs::write(&p, policy).unwrap();
             cmd.arg("--policy").arg(p);
+        }
+        cmd.env_remove("KUBECONFIG");
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
         }
         cmd.args(&opts.args)
             .stdin(Stdio::null())
