@@ -362,6 +362,7 @@ impl Transport {
                 .await?;
             match resp.status() {
                 s if s.is_success() => {
+                    refuse_schema1(resp.headers(), &endpoint.host)?;
                     if let Some(d) = digest_header(resp.headers(), &endpoint.host)? {
                         return Ok(d);
                     }
@@ -486,20 +487,7 @@ impl Transport {
                 status: resp.status().as_u16(),
             });
         }
-        let content_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        if content_type.contains("manifest.v1") || content_type.contains("prettyjws") {
-            return Err(ResolveError::Invalid {
-                registry: endpoint.host.clone(),
-                detail: format!(
-                    "it served a schema1 manifest ({content_type}), whose digest cannot be pulled"
-                ),
-            });
-        }
+        refuse_schema1(resp.headers(), &endpoint.host)?;
         let header = digest_header(resp.headers(), &endpoint.host)?;
         let body = resp
             .bytes()
@@ -633,6 +621,29 @@ fn basic(c: &Credential) -> String {
     )
 }
 
+/// A Docker schema1 manifest (`application/vnd.docker.distribution.manifest.v1+json` or
+/// `+prettyjws`, what old registries send when they ignore `Accept`) has a digest that cannot
+/// be pulled; OCI's `application/vnd.oci.image.manifest.v1+json` is not one.
+fn refuse_schema1(headers: &HeaderMap, registry: &str) -> Result<(), ResolveError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/vnd.docker.distribution.manifest.v1+")
+    {
+        return Err(ResolveError::Invalid {
+            registry: registry.to_owned(),
+            detail: format!(
+                "it served a schema1 manifest ({content_type}), whose digest cannot be pulled"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn digest_header(headers: &HeaderMap, registry: &str) -> Result<Option<String>, ResolveError> {
     let Some(v) = headers.get("docker-content-digest") else {
         return Ok(None);
@@ -726,7 +737,15 @@ fn classify(registry: &str, e: &reqwest::Error, limit: Duration) -> ResolveError
                 detail: t.to_string(),
             };
         }
-        source = s.source();
+        // An io::Error's `source()` skips the error it wraps (hyper wraps tokio-rustls' io::Error,
+        // which wraps the rustls error): step into it instead.
+        source = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner),
+            None => s.source(),
+        };
     }
     if e.is_timeout() {
         return ResolveError::Timeout {
@@ -843,6 +862,28 @@ mod tests {
             digest_header(&h, "r"),
             Err(ResolveError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn schema1_is_refused_but_oci_manifest_v1_is_not() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            "application/vnd.oci.image.manifest.v1+json"
+                .parse()
+                .unwrap(),
+        );
+        assert!(refuse_schema1(&h, "r").is_ok());
+        for t in [
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "application/vnd.docker.distribution.manifest.v1+json",
+        ] {
+            h.insert(CONTENT_TYPE, t.parse().unwrap());
+            assert!(matches!(
+                refuse_schema1(&h, "r"),
+                Err(ResolveError::Invalid { .. })
+            ));
+        }
     }
 
     #[test]
