@@ -273,8 +273,15 @@ impl Resolver {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        // And by `allowedRegistries`: a lookup refused under one namespace's list (e.g. a token
+        // realm outside it) must not answer a namespace whose list allows it.
+        let allowed_key = scope
+            .allowed
+            .as_ref()
+            .map(|a| format!("|allowed={}", a.sources().join(",")))
+            .unwrap_or_default();
         let key = format!(
-            "{}/{}:{tag}|{scope_key}",
+            "{}/{}:{tag}|{scope_key}{allowed_key}",
             image.registry(),
             image.repository()
         );
