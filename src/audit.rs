@@ -169,8 +169,33 @@ pub struct PinRecord<'a> {
 }
 
 /// Records `admission.pinned` for rewritten images and `admission.unpinned` for images left as
-/// they were under `onResolveFailure: allow`.
+/// they were under `onResolveFailure: allow`; when a tag cannot be pinned and the request is
+/// denied, only `admission.denied` with the images that failed (nothing was patched).
 pub fn record_pinning(pinning: &Pinning, decision: &Decision, info: &RequestInfo) {
+    if !pinning.denials().is_empty() {
+        let failed: Vec<PinnedImage<'_>> = pinning
+            .results
+            .iter()
+            .filter_map(|(t, r)| match r {
+                PinResult::Failed(e) => Some(PinnedImage {
+                    container: &t.container,
+                    path: &t.path,
+                    image: &t.image,
+                    pinned: None,
+                    result: r.label(),
+                    stale_seconds: None,
+                    error: Some(e.to_string()),
+                }),
+                _ => None,
+            })
+            .collect();
+        let r = PinRecord {
+            header: Header::new("denied", decision, info),
+            images: failed,
+        };
+        emit(&r, info.uid.as_str());
+        return;
+    }
     let pinned: Vec<PinnedImage<'_>> = pinning
         .rewritten()
         .into_iter()

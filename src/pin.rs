@@ -296,11 +296,12 @@ impl Pinning {
             let digest = r.digest().unwrap_or_default();
             let short = &digest[..digest.len().min(19)];
             let line = match r {
+                // The age first: a long image name must not push it past the truncation.
                 PinResult::Stale { age, .. } => format!(
-                    "pinhook: container {:?}: {} pinned to {short}… resolved {} ago (registry unreachable)",
+                    "pinhook: container {:?}: registry unreachable, digest resolved {} ago: {} pinned to {short}…",
                     t.container,
-                    t.image,
-                    human(*age)
+                    human(*age),
+                    t.image
                 ),
                 PinResult::Reused { .. } => format!(
                     "pinhook: container {:?}: {} kept its digest {short}…",
