@@ -49,6 +49,12 @@ if command -v pgrep >/dev/null 2>&1; then
   done
 fi
 
+# An independent RFC 6902 implementation: tests apply pinhook's JSON Patches with it.
+if ! python3 -c 'import jsonpatch' >/dev/null 2>&1; then
+  echo "installing: python jsonpatch"
+  python3 -m pip install --quiet jsonpatch
+fi
+
 # HTTP/2 over TLS is what the API server speaks; the demo and tests use curl's --http2.
 curl --version | grep -q HTTP2 || { echo "curl lacks HTTP/2 support" >&2; exit 1; }
 docker-registry --version >/dev/null
