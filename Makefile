@@ -4,7 +4,7 @@ CARGO ?= cargo
 TOOLS_PY := .tools/venv/bin/python
 
 .PHONY: all build demo test test-deps fmt-check clippy unit \
-	packaging-deps packaging-check static image-check dockerfile-lint
+	packaging-deps packaging-check static image-check dockerfile-lint manifests chart-check
 
 all: build
 
@@ -28,8 +28,9 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## The packaging checks CI runs: Dockerfile lint, the static binary in the image's root filesystem.
-packaging-check: dockerfile-lint image-check
+## The packaging checks CI runs: Dockerfile lint, the static binary in the image's root
+## filesystem, the chart rendered in every mode and validated, manifests/ up to date.
+packaging-check: dockerfile-lint image-check chart-check
 
 packaging-deps:
 	scripts/install-packaging-tools.sh
@@ -44,3 +45,14 @@ image-check:
 
 dockerfile-lint: packaging-deps
 	.tools/venv/bin/hadolint Dockerfile
+
+## manifests/: the chart rendered with its default values (certificates: bootstrap).
+manifests: packaging-deps
+	$(TOOLS_PY) scripts/chart.py manifests
+
+chart-check: packaging-deps build
+	$(TOOLS_PY) scripts/chart.py check
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git diff --exit-code --stat manifests/ || { echo "manifests/ is not the chart's render: run make manifests and commit" >&2; exit 1; }; \
+	  test -z "$$(git status --porcelain --untracked-files=all manifests/)" || { echo "manifests/ has uncommitted files: commit them" >&2; git status --short manifests/ >&2; exit 1; }; \
+	fi
