@@ -46,7 +46,7 @@ MODES = {
     "secret": [CHART / "ci" / "secret-values.yaml"],
 }
 
-# Helm's install order (pkg/release/util/kind_sorter.go); unknown kinds (CRs) come last.
+# Helm v4's install order (pkg/release/v1/util/kind_sorter.go); unknown kinds (CRs) come last.
 INSTALL_ORDER = [
     "PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange",
     "PodSecurityPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList",
@@ -128,7 +128,8 @@ def render(values: dict, release: str = RELEASE, namespace: str = NAMESPACE) -> 
                 continue
             docs.append((path, obj["kind"], body))
     order = {k: i for i, k in enumerate(INSTALL_ORDER)}
-    docs.sort(key=lambda d: order.get(d[1], len(order)))  # stable: file order within a kind
+    # Stable: file order within a kind; unknown kinds (CRs) last, alphabetically, as Helm does.
+    docs.sort(key=lambda d: (order.get(d[1], len(order)), d[1] if d[1] not in order else ""))
     return "".join(f"---\n# Source: {path}\n{body}\n" for path, _, body in docs)
 
 
