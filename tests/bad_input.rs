@@ -3,8 +3,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{BOTH, Http, Options, Pinhook, fixture};
@@ -220,33 +218,13 @@ async fn default_limit_is_8_mib_and_large_objects_below_it_work() {
     );
 }
 
-/// A raw TLS connection, so a test can send part of a request and stop.
-fn raw_tls(server: &Pinhook) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    common::init_crypto();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let tcp = TcpStream::connect(server.addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    rustls::StreamOwned::new(conn, tcp)
-}
-
-use rustls::pki_types::pem::PemObject;
-
 #[tokio::test]
 async fn body_that_never_arrives_gets_408_before_the_deadline() {
     let server = Pinhook::start_with(Options {
         args: vec!["--request-timeout".into(), "1s".into()],
         ..Default::default()
     });
-    let mut tls = raw_tls(&server);
+    let mut tls = server.raw_tls(Duration::from_secs(10));
     let start = Instant::now();
     tls.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\":")
         .unwrap();
@@ -272,7 +250,7 @@ async fn api_server_timeout_parameter_bounds_the_wait() {
         args: vec!["--request-timeout".into(), "30s".into()],
         ..Default::default()
     });
-    let mut tls = raw_tls(&server);
+    let mut tls = server.raw_tls(Duration::from_secs(10));
     let start = Instant::now();
     tls.write_all(
         b"POST /validate?timeout=1s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 500\r\n\r\n{",
@@ -295,7 +273,7 @@ async fn silent_connection_is_closed_after_the_request_timeout() {
         args: vec!["--request-timeout".into(), "1s".into()],
         ..Default::default()
     });
-    let mut tls = raw_tls(&server);
+    let mut tls = server.raw_tls(Duration::from_secs(10));
     let start = Instant::now();
     // Complete the handshake, then send nothing.
     while tls.conn.is_handshaking() {

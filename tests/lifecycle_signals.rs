@@ -4,13 +4,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Http, Pinhook, fixture};
-use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 
 #[tokio::test]
@@ -59,23 +56,6 @@ async fn wrong_method_and_unknown_path_are_refused() {
     );
 }
 
-fn raw_tls(server: &Pinhook) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    common::init_crypto();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let tcp = TcpStream::connect(server.addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    rustls::StreamOwned::new(conn, tcp)
-}
-
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let mut server = Pinhook::start();
@@ -83,7 +63,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let (first, rest) = body.split_at(body.len() / 2);
 
     // A request in flight: headers and half the body sent.
-    let mut tls = raw_tls(&server);
+    let mut tls = server.raw_tls(Duration::from_secs(15));
     write!(tls, "POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
     tls.write_all(first).unwrap();
     tls.flush().unwrap();
