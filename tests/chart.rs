@@ -342,7 +342,11 @@ async fn service_ports_and_paths_lead_to_what_pinhook_serves() {
             .unwrap()
     };
     let (default_listen, default_ops) = (default("listen"), default("metrics_listen"));
-    let server = common::Pinhook::start();
+    // `pin: false`: /mutate answers without asking a registry (tests stay on 127.0.0.1).
+    let server = common::Pinhook::start_with(common::Options {
+        policy: Some("pin: false\n".into()),
+        ..Default::default()
+    });
 
     for mode in MODES {
         let docs = render(mode);
