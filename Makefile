@@ -1,7 +1,10 @@
 # The README's two commands: `make demo` and `make test`. CI (.ci/run) calls `make test`.
 CARGO ?= cargo
+# Python with the packaging tools (Helm renderer, kubernetes-validate, hadolint).
+TOOLS_PY := .tools/venv/bin/python
 
-.PHONY: all build demo test test-deps fmt-check clippy unit
+.PHONY: all build demo test test-deps fmt-check clippy unit \
+	packaging-deps packaging-check static image-check dockerfile-lint manifests chart-check
 
 all: build
 
@@ -12,11 +15,11 @@ build:
 demo: test-deps build
 	scripts/demo.sh
 
-## Everything CI checks: formatting, lints, unit and integration tests.
-test: test-deps fmt-check clippy
+## Everything CI checks: formatting, lints, packaging, unit and integration tests.
+test: test-deps fmt-check clippy packaging-check
 	$(CARGO) test --locked --all-targets
 
-test-deps:
+test-deps: packaging-deps
 	scripts/install-test-deps.sh
 
 fmt-check:
@@ -24,3 +27,32 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## The packaging checks CI runs: Dockerfile lint, the static binary in the image's root
+## filesystem, the chart rendered in every mode and validated, manifests/ up to date.
+packaging-check: dockerfile-lint image-check chart-check
+
+packaging-deps:
+	scripts/install-packaging-tools.sh
+
+## The static binary the Dockerfile's build stage builds (same script).
+static:
+	scripts/build-static.sh
+
+## The image's root filesystem (from the Dockerfile's final stage) run in a chroot.
+image-check:
+	python3 scripts/image_smoke.py "$$(scripts/build-static.sh)"
+
+dockerfile-lint: packaging-deps
+	.tools/venv/bin/hadolint Dockerfile
+
+## manifests/: the chart rendered with its default values (certificates: bootstrap).
+manifests: packaging-deps
+	$(TOOLS_PY) scripts/chart.py manifests
+
+chart-check: packaging-deps build
+	$(TOOLS_PY) scripts/chart.py check
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git diff --exit-code --stat manifests/ || { echo "manifests/ is not the chart's render: run make manifests and commit" >&2; exit 1; }; \
+	  test -z "$$(git status --porcelain --untracked-files=all manifests/)" || { echo "manifests/ has uncommitted files: commit them" >&2; git status --short manifests/ >&2; exit 1; }; \
+	fi

@@ -1,10 +1,13 @@
-//! Throw-away certificate authorities and serving certificates (demo, tests, bootstrap).
+//! Certificate authorities and serving certificates (demo, tests, bootstrap): generated with
+//! rcgen, read back with x509-parser.
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use time::{Duration, OffsetDateTime};
+use x509_parser::extensions::GeneralName;
+use x509_parser::pem::Pem;
 
 /// A CA and a serving certificate it signed, all PEM-encoded.
 #[derive(Debug, Clone)]
@@ -27,47 +30,264 @@ pub struct CertError {
     pub source: rcgen::Error,
 }
 
+/// A PEM certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct ParseError {
+    /// What was being read, e.g. `ca.crt`.
+    pub what: String,
+    /// Why it is unusable.
+    pub reason: String,
+}
+
+/// Backdating of `notBefore`, so clocks a little behind still accept a new certificate.
+const BACKDATE: Duration = Duration::minutes(5);
+
+/// A certificate authority that signs serving certificates.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+    not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// A new self-signed CA named `common_name`, valid from now until `now + validity`.
+    pub fn generate(common_name: &str, validity: Duration) -> Result<Self, CertError> {
+        Self::generate_at(common_name, OffsetDateTime::now_utc(), validity)
+    }
+
+    /// A new self-signed CA as if made at `now`.
+    pub fn generate_at(
+        common_name: &str,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<Self, CertError> {
+        let err = |source| CertError {
+            names: vec![common_name.to_owned()],
+            source,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.distinguished_name = DistinguishedName::new();
+        ca.distinguished_name.push(DnType::CommonName, common_name);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.not_before = now - BACKDATE;
+        ca.not_after = now + validity;
+        let not_after = ca.not_after;
+        let key = KeyPair::generate().map_err(err)?;
+        let key_pem = key.serialize_pem();
+        let certified = CertifiedIssuer::self_signed(ca.clone(), key).map_err(err)?;
+        let cert_pem = certified.pem();
+        let key = KeyPair::from_pem(&key_pem).map_err(err)?;
+        Ok(Self {
+            issuer: Issuer::new(ca, key),
+            cert_pem,
+            key_pem,
+            not_after: truncate(not_after),
+        })
+    }
+
+    /// An existing CA: its certificate and its private key, which must belong together.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, ParseError> {
+        let bad = |what: &str, reason: String| ParseError {
+            what: what.to_owned(),
+            reason,
+        };
+        let cert = CertInfo::parse(cert_pem).map_err(|reason| bad("CA certificate", reason))?;
+        if !cert.is_ca {
+            return Err(bad(
+                "CA certificate",
+                "is not a CA (basicConstraints)".into(),
+            ));
+        }
+        let key = KeyPair::from_pem(key_pem).map_err(|e| bad("CA key", e.to_string()))?;
+        if key.subject_public_key_info() != cert.public_key_der {
+            return Err(bad(
+                "CA key",
+                "does not belong to the CA certificate".into(),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+            .map_err(|e| bad("CA certificate", e.to_string()))?;
+        Ok(Self {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            not_after: cert.not_after,
+        })
+    }
+
+    /// The CA certificate (PEM).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA's private key (PEM).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// When the CA expires.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// A serving certificate for `names` (DNS names or IP addresses), valid for `validity` but
+    /// never beyond the CA; returns the certificate and key PEM.
+    pub fn issue(
+        &self,
+        names: &[String],
+        validity: Duration,
+    ) -> Result<(String, String), CertError> {
+        self.issue_at(names, OffsetDateTime::now_utc(), validity)
+    }
+
+    /// A serving certificate as if issued at `now`.
+    pub fn issue_at(
+        &self,
+        names: &[String],
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<(String, String), CertError> {
+        let err = |source| CertError {
+            names: names.to_vec(),
+            source,
+        };
+        let mut leaf = CertificateParams::new(names.to_vec()).map_err(err)?;
+        leaf.is_ca = IsCa::ExplicitNoCa;
+        leaf.distinguished_name = DistinguishedName::new();
+        leaf.distinguished_name.push(
+            DnType::CommonName,
+            names.first().map_or("pinhook", String::as_str),
+        );
+        leaf.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.not_before = now - BACKDATE;
+        leaf.not_after = (now + validity).min(self.not_after);
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = leaf.signed_by(&key, &self.issuer).map_err(err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// What pinhook needs to know about a certificate it did not just make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+    /// The DNS names of the subjectAltName extension.
+    pub dns_names: Vec<String>,
+    /// Whether basicConstraints says CA.
+    pub is_ca: bool,
+    /// The DER SubjectPublicKeyInfo.
+    pub public_key_der: Vec<u8>,
+    /// The DER certificate.
+    pub der: Vec<u8>,
+}
+
+impl CertInfo {
+    /// Reads the first certificate of a PEM text.
+    pub fn parse(pem: &str) -> Result<Self, String> {
+        let der = Pem::iter_from_buffer(pem.as_bytes())
+            .next()
+            .ok_or_else(|| "no PEM certificate found".to_owned())?
+            .map_err(|e| format!("invalid PEM: {e}"))?
+            .contents;
+        Self::from_der(&der)
+    }
+
+    /// Reads every certificate of a PEM bundle.
+    pub fn parse_bundle(pem: &str) -> Result<Vec<Self>, String> {
+        Pem::iter_from_buffer(pem.as_bytes())
+            .map(|p| {
+                p.map_err(|e| format!("invalid PEM: {e}"))
+                    .and_then(|p| Self::from_der(&p.contents))
+            })
+            .collect()
+    }
+
+    fn from_der(der: &[u8]) -> Result<Self, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let time = |t: x509_parser::time::ASN1Time| {
+            OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|e| e.to_string())
+        };
+        let dns_names = cert
+            .subject_alternative_name()
+            .map_err(|e| format!("unreadable subjectAltName: {e}"))?
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(d) => Some((*d).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            not_before: time(cert.validity().not_before)?,
+            not_after: time(cert.validity().not_after)?,
+            dns_names,
+            is_ca: cert.is_ca(),
+            public_key_der: cert.public_key().raw.to_vec(),
+            der: der.to_vec(),
+        })
+    }
+
+    /// Whether this certificate's signature verifies with `issuer`'s public key.
+    pub fn signed_by(&self, issuer: &CertInfo) -> bool {
+        let (Ok((_, cert)), Ok((_, ca))) = (
+            x509_parser::parse_x509_certificate(&self.der),
+            x509_parser::parse_x509_certificate(&issuer.der),
+        ) else {
+            return false;
+        };
+        cert.verify_signature(Some(ca.public_key())).is_ok()
+    }
+}
+
+/// Whether a PEM private key belongs to the certificate.
+pub fn key_matches(cert: &CertInfo, key_pem: &str) -> bool {
+    KeyPair::from_pem(key_pem).is_ok_and(|k| k.subject_public_key_info() == cert.public_key_der)
+}
+
+/// X.509 times have whole seconds.
+fn truncate(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
 /// Generates a new CA and a serving certificate for `names` (DNS names or IP addresses), valid for `days`.
 pub fn generate(names: &[String], days: i64) -> Result<ServingCert, CertError> {
-    let err = |source| CertError {
-        names: names.to_vec(),
-        source,
-    };
-    let now = OffsetDateTime::now_utc();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name.push(DnType::CommonName, "pinhook CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_before = now - Duration::minutes(5);
-    ca.not_after = now + Duration::days(days + 1);
-    let ca_key = KeyPair::generate().map_err(err)?;
-    let issuer = CertifiedIssuer::self_signed(ca, ca_key).map_err(err)?;
-
-    let mut leaf = CertificateParams::new(names.to_vec()).map_err(err)?;
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    leaf.distinguished_name = DistinguishedName::new();
-    leaf.distinguished_name.push(
-        DnType::CommonName,
-        names.first().map_or("pinhook", String::as_str),
-    );
-    leaf.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.not_before = now - Duration::minutes(5);
-    leaf.not_after = now + Duration::days(days);
-    let leaf_key = KeyPair::generate().map_err(err)?;
-    let cert = leaf.signed_by(&leaf_key, &issuer).map_err(err)?;
+    let ca =
+        Authority::generate("pinhook CA", Duration::days(days + 1)).map_err(|e| CertError {
+            names: names.to_vec(),
+            source: e.source,
+        })?;
+    let (cert_pem, key_pem) = ca.issue(names, Duration::days(days))?;
     Ok(ServingCert {
-        ca_pem: issuer.pem(),
-        cert_pem: cert.pem(),
-        key_pem: leaf_key.serialize_pem(),
+        ca_pem: ca.cert_pem,
+        cert_pem,
+        key_pem,
     })
 }
 
@@ -104,5 +324,45 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("tls.crt") && err.contains("tls.key"), "{err}");
+    }
+
+    #[test]
+    fn a_reloaded_authority_signs_leaves_that_chain_to_it() {
+        let ca = Authority::generate("test CA", Duration::days(10)).unwrap();
+        let again = Authority::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+        assert_eq!(again.not_after(), ca.not_after());
+        let (cert, key) = again
+            .issue(&["svc.ns.svc".into()], Duration::days(2))
+            .unwrap();
+        let leaf = CertInfo::parse(&cert).unwrap();
+        let root = CertInfo::parse(ca.cert_pem()).unwrap();
+        assert!(leaf.signed_by(&root));
+        assert!(key_matches(&leaf, &key));
+        assert_eq!(leaf.dns_names, ["svc.ns.svc"]);
+        assert!(!leaf.is_ca && root.is_ca);
+        let other = Authority::generate("other", Duration::days(1)).unwrap();
+        assert!(!leaf.signed_by(&CertInfo::parse(other.cert_pem()).unwrap()));
+        assert!(!key_matches(&leaf, other.key_pem()));
+    }
+
+    #[test]
+    fn a_leaf_never_outlives_its_ca() {
+        let ca = Authority::generate("short CA", Duration::hours(1)).unwrap();
+        let (cert, _) = ca.issue(&["a.b.svc".into()], Duration::days(90)).unwrap();
+        assert_eq!(CertInfo::parse(&cert).unwrap().not_after, ca.not_after());
+    }
+
+    #[test]
+    fn an_authority_refuses_a_key_that_is_not_its_own() {
+        let a = Authority::generate("a", Duration::days(1)).unwrap();
+        let b = Authority::generate("b", Duration::days(1)).unwrap();
+        let err = Authority::from_pem(a.cert_pem(), b.key_pem()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CA key: does not belong to the CA certificate"
+        );
+        let (leaf, leaf_key) = a.issue(&["x.y.svc".into()], Duration::days(1)).unwrap();
+        let err = Authority::from_pem(&leaf, &leaf_key).unwrap_err();
+        assert!(err.to_string().contains("is not a CA"), "{err}");
     }
 }

@@ -32,6 +32,10 @@ pub enum LogFormat {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; boxing would only add noise"
+)]
 pub enum Command {
     /// Serve the admission webhook over HTTPS.
     Serve(ServeArgs),
@@ -119,11 +123,26 @@ pub struct ServeArgs {
     #[arg(long, env = "PINHOOK_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,
     /// PEM certificate chain served to the API server; reloaded when it changes.
-    #[arg(long, env = "PINHOOK_TLS_CERT")]
-    pub tls_cert: PathBuf,
+    #[arg(
+        long,
+        env = "PINHOOK_TLS_CERT",
+        required_unless_present = "bootstrap_secret",
+        conflicts_with = "bootstrap_secret",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
     /// PEM private key of the certificate; reloaded when it changes.
-    #[arg(long, env = "PINHOOK_TLS_KEY")]
-    pub tls_key: PathBuf,
+    #[arg(
+        long,
+        env = "PINHOOK_TLS_KEY",
+        required_unless_present = "bootstrap_secret",
+        conflicts_with = "bootstrap_secret",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Certificate bootstrap: pinhook makes and rotates its own certificate (instead of files).
+    #[command(flatten)]
+    pub bootstrap: BootstrapArgs,
     /// Policy file (YAML); the built-in default applies when absent. Reloaded when it changes.
     #[arg(long, env = "PINHOOK_POLICY")]
     pub policy: Option<PathBuf>,
@@ -148,6 +167,47 @@ pub struct ServeArgs {
     /// Registry settings.
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// Flags of the certificate bootstrap, which `--bootstrap-secret` turns on.
+#[derive(Debug, Clone, Args)]
+pub struct BootstrapArgs {
+    /// Secret (in --service-namespace) holding pinhook's own CA and serving certificate; created
+    /// or reused at start-up and rotated before expiry. Replaces --tls-cert and --tls-key.
+    #[arg(long, env = "PINHOOK_BOOTSTRAP_SECRET", requires_all = ["service_name", "service_namespace"])]
+    pub bootstrap_secret: Option<String>,
+    /// MutatingWebhookConfiguration whose webhooks get the CA in `caBundle`.
+    #[arg(
+        long,
+        env = "PINHOOK_BOOTSTRAP_MUTATING_WEBHOOK",
+        requires = "bootstrap_secret"
+    )]
+    pub bootstrap_mutating_webhook: Option<String>,
+    /// ValidatingWebhookConfiguration whose webhooks get the CA in `caBundle`.
+    #[arg(
+        long,
+        env = "PINHOOK_BOOTSTRAP_VALIDATING_WEBHOOK",
+        requires = "bootstrap_secret"
+    )]
+    pub bootstrap_validating_webhook: Option<String>,
+    /// Name of the Service the API server calls; the certificate is for SERVICE.NAMESPACE.svc.
+    #[arg(long, env = "PINHOOK_SERVICE_NAME", requires = "bootstrap_secret")]
+    pub service_name: Option<String>,
+    /// Namespace of that Service and of the Secret: pinhook's own.
+    #[arg(long, env = "PINHOOK_SERVICE_NAMESPACE", requires = "bootstrap_secret")]
+    pub service_namespace: Option<String>,
+    /// Validity of each serving certificate.
+    #[arg(long, env = "PINHOOK_BOOTSTRAP_CERT_VALIDITY", default_value = "2160h", value_parser = parse_duration)]
+    pub bootstrap_cert_validity: Duration,
+    /// Validity of the CA; it is replaced once it cannot cover a whole serving certificate.
+    #[arg(long, env = "PINHOOK_BOOTSTRAP_CA_VALIDITY", default_value = "87600h", value_parser = parse_duration)]
+    pub bootstrap_ca_validity: Duration,
+    /// A serving certificate is replaced when less than this is left of it.
+    #[arg(long, env = "PINHOOK_BOOTSTRAP_RENEW_BEFORE", default_value = "720h", value_parser = parse_duration)]
+    pub bootstrap_renew_before: Duration,
+    /// How often the Secret and the caBundle are checked, renewed and repaired.
+    #[arg(long, env = "PINHOOK_BOOTSTRAP_CHECK_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub bootstrap_check_interval: Duration,
 }
 
 /// Flags of `pinhook check`.

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod bootstrap;
 pub mod certs;
 pub mod check;
 pub mod config;

@@ -2,7 +2,7 @@
 //! reload of the policy and certificate, and graceful shutdown.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use kube::core::admission::{
 
 use crate::admission;
 use crate::audit::{self, RequestInfo};
+use crate::bootstrap::{self, Bootstrap, BootstrapError, Material};
 use crate::config::{ServeArgs, parse_duration};
 use crate::metrics::{EndpointLabels, Metrics, ReloadLabels, ViolationLabels};
 use crate::mutate::Pinner;
@@ -41,6 +42,9 @@ pub enum ServeError {
     /// The certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The certificate bootstrap failed.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
     /// A setting (registry config, caFile) is unusable.
     #[error("{message}")]
     Config {
@@ -482,6 +486,111 @@ fn watch_certificate(
     });
 }
 
+/// Where the serving certificate comes from.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value, made once at start-up"
+)]
+enum Certificate {
+    /// `--tls-cert` and `--tls-key`, polled for changes.
+    Files {
+        watch: FileWatch,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// `--bootstrap-secret`: made and rotated by pinhook (the material now served).
+    Bootstrap(Bootstrap, Material),
+}
+
+impl Certificate {
+    /// Loads the files, or runs the first bootstrap sync; returns the TLS configuration to serve.
+    async fn prepare(args: &ServeArgs) -> Result<(Self, Arc<rustls::ServerConfig>), ServeError> {
+        if let Some(settings) = bootstrap::Settings::from_args(&args.bootstrap)? {
+            let bootstrap = Bootstrap::connect(settings).await?;
+            let synced = bootstrap.sync().await?;
+            let config = bootstrap_config(&bootstrap, &synced.material)?;
+            tracing::info!(
+                secret = %bootstrap.settings().secret_ref(),
+                dns_name = %bootstrap.settings().dns_name(),
+                not_after = %synced.material.not_after,
+                created = synced.wrote.is_some(),
+                "serving the bootstrap certificate"
+            );
+            return Ok((Self::Bootstrap(bootstrap, synced.material), config));
+        }
+        let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) else {
+            return Err(ServeError::Config {
+                message: "either --tls-cert and --tls-key or --bootstrap-secret is required".into(),
+            });
+        };
+        // The baseline is read before the files, so a change in between is seen later, not lost.
+        let watch = FileWatch::new(vec![cert.clone(), key.clone()]);
+        let config = tls::load(&cert, &key)?;
+        Ok((Self::Files { watch, cert, key }, config))
+    }
+}
+
+/// The TLS configuration for bootstrap material; errors name the Secret's keys.
+fn bootstrap_config(
+    bootstrap: &Bootstrap,
+    material: &Material,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let secret = bootstrap.settings().secret_ref();
+    tls::from_pem(
+        material.cert_pem.as_bytes(),
+        material.key_pem.as_bytes(),
+        Path::new(&format!("Secret {secret} tls.crt")),
+        Path::new(&format!("Secret {secret} tls.key")),
+    )
+}
+
+/// Re-checks the bootstrap Secret and caBundle every `--bootstrap-check-interval`; serves a
+/// renewed certificate (this replica's or another's) to new connections.
+fn watch_bootstrap(
+    state: AppState,
+    config: RustlsConfig,
+    bootstrap: Bootstrap,
+    mut served: Material,
+) {
+    tokio::spawn(async move {
+        let interval = bootstrap.settings().check_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let synced = match bootstrap.sync().await {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::error!(%error, not_after = %served.not_after, "certificate bootstrap check failed; serving the current certificate and retrying");
+                    continue;
+                }
+            };
+            if synced.material.cert_pem == served.cert_pem {
+                continue;
+            }
+            let metrics = state.metrics();
+            match bootstrap_config(&bootstrap, &synced.material) {
+                Ok(server_config) => {
+                    config.reload_from_config(server_config);
+                    metrics
+                        .tls_reloads
+                        .get_or_create(&ReloadLabels { result: "success" })
+                        .inc();
+                    tracing::info!(secret = %bootstrap.settings().secret_ref(), not_after = %synced.material.not_after, "TLS certificate rotated");
+                    served = synced.material;
+                }
+                Err(error) => {
+                    metrics
+                        .tls_reloads
+                        .get_or_create(&ReloadLabels { result: "failure" })
+                        .inc();
+                    tracing::error!(%error, "bootstrap certificate refused; the previous certificate stays in use");
+                }
+            }
+        }
+    });
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn shutdown_signal() {
     let term = async {
@@ -511,8 +620,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
         None => (None, Policy::default()),
     };
-    let cert_watch = FileWatch::new(vec![args.tls_cert.clone(), args.tls_key.clone()]);
-    let tls_config = RustlsConfig::from_config(tls::load(&args.tls_cert, &args.tls_key)?);
+    let (certificate, server_config) = Certificate::prepare(&args).await?;
+    let tls_config = RustlsConfig::from_config(server_config);
     let metrics = Arc::new(Metrics::new());
     let resolver = Resolver::new(
         policy.registries(),
@@ -583,14 +692,19 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             args.registry.registry_timeout,
         );
     }
-    watch_certificate(
-        state.clone(),
-        tls_config.clone(),
-        cert_watch,
-        args.tls_cert.clone(),
-        args.tls_key.clone(),
-        args.reload_interval,
-    );
+    match certificate {
+        Certificate::Files { watch, cert, key } => watch_certificate(
+            state.clone(),
+            tls_config.clone(),
+            watch,
+            cert,
+            key,
+            args.reload_interval,
+        ),
+        Certificate::Bootstrap(bootstrap, served) => {
+            watch_bootstrap(state.clone(), tls_config.clone(), bootstrap, served)
+        }
+    }
 
     let handle = axum_server::Handle::new();
     let server = axum_server::from_tcp_rustls(webhook_listener, tls_config)

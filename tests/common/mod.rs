@@ -36,6 +36,9 @@ pub struct Options {
     /// Extra environment variables (e.g. `KUBECONFIG` pointing at a `FakeKube`). `KUBECONFIG` is
     /// removed from the inherited environment unless set here, so no test reaches a real cluster.
     pub env: Vec<(String, String)>,
+    /// Passes no `--tls-cert`/`--tls-key`: the server gets its certificate another way (e.g.
+    /// `--bootstrap-secret`); `ca_pem` is then a CA the server does not use.
+    pub no_cert_files: bool,
 }
 
 /// A running `pinhook serve`.
@@ -113,11 +116,13 @@ impl Pinhook {
             "127.0.0.1:0",
             "--reload-interval",
             "100ms",
-        ])
-        .arg("--tls-cert")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-key")
-        .arg(dir.path().join("tls.key"));
+        ]);
+        if !opts.no_cert_files {
+            cmd.arg("--tls-cert")
+                .arg(dir.path().join("tls.crt"))
+                .arg("--tls-key")
+                .arg(dir.path().join("tls.key"));
+        }
         if let Some(policy) = &opts.policy {
             let p = dir.path().join("policy.yaml");
             std::fs::write(&p, policy).unwrap();

@@ -1,0 +1,117 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "pinhook.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Object name prefix: the release name, or RELEASE-pinhook when it does not contain "pinhook". */}}
+{{- define "pinhook.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "pinhook.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pinhook.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels that select pinhook's pods. */}}
+{{- define "pinhook.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pinhook.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The Secret holding the serving certificate. */}}
+{{- define "pinhook.tlsSecret" -}}
+{{- if eq .Values.certificates.mode "secret" }}
+{{- required "certificates.secret.name is required when certificates.mode is secret" .Values.certificates.secret.name }}
+{{- else }}
+{{- printf "%s-tls" (include "pinhook.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The image reference: repository:tag, or repository:tag@digest when a digest is given. */}}
+{{- define "pinhook.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The cert-manager Certificate whose CA the cainjector copies into caBundle. */}}
+{{- define "pinhook.certificate" -}}
+{{- printf "%s-serving" (include "pinhook.fullname" .) }}
+{{- end }}
+
+{{/* Everything both webhooks share: client config, selectors, timeouts. Argument: (list $ PATH). */}}
+{{- define "pinhook.webhookCommon" -}}
+{{- $ := index . 0 }}
+{{- $path := index . 1 -}}
+admissionReviewVersions: ["v1"]
+sideEffects: None
+failurePolicy: {{ $.Values.webhook.failurePolicy }}
+matchPolicy: Equivalent
+timeoutSeconds: {{ $.Values.webhook.timeoutSeconds }}
+clientConfig:
+  service:
+    name: {{ include "pinhook.fullname" $ }}
+    namespace: {{ $.Release.Namespace }}
+    path: {{ $path }}
+    port: {{ $.Values.service.port }}
+  {{- if eq $.Values.certificates.mode "secret" }}
+  caBundle: {{ required "certificates.secret.caBundle is required when certificates.mode is secret" $.Values.certificates.secret.caBundle }}
+  {{- end }}
+namespaceSelector:
+  matchExpressions:
+    # pinhook's own namespace and kube-system are always excluded, so neither pinhook nor the
+    # control plane can be locked out by pinhook being down.
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values:
+        {{- range (concat (list $.Release.Namespace "kube-system") $.Values.webhook.excludeNamespaces | uniq) }}
+        - {{ . | quote }}
+        {{- end }}
+{{- if $.Values.webhook.optOutLabel }}
+objectSelector:
+  matchExpressions:
+    - key: {{ $.Values.webhook.optOutLabel }}
+      operator: NotIn
+      values: ["true"]
+{{- end }}
+rules:
+  - apiGroups: [""]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["pods", "pods/ephemeralcontainers", "podtemplates", "replicationcontrollers"]
+    scope: Namespaced
+  - apiGroups: ["apps"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
+    scope: Namespaced
+  - apiGroups: ["batch"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["jobs", "cronjobs"]
+    scope: Namespaced
+{{- end }}
+
+{{/* Annotations on both webhook configurations (cert-manager's CA injection). */}}
+{{- define "pinhook.webhookAnnotations" -}}
+{{- if eq .Values.certificates.mode "certManager" }}
+annotations:
+  cert-manager.io/inject-ca-from: {{ printf "%s/%s" .Release.Namespace (include "pinhook.certificate" .) }}
+{{- end }}
+{{- end }}
