@@ -169,6 +169,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(pinner) = &state.inner.pinner {
+        let entries = pinner.resolver.counted_entries().await;
+        state
+            .metrics()
+            .cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
     (
         [(
             header::CONTENT_TYPE,

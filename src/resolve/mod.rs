@@ -243,8 +243,14 @@ impl Resolver {
         Ok(())
     }
 
-    /// Number of cached answers (for benchmarks and metrics).
+    /// Number of cached answers (for benchmarks and metrics); may lag behind recent inserts.
     pub fn cached_entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Number of cached answers once pending inserts and evictions are applied.
+    pub async fn counted_entries(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
         self.cache.entry_count()
     }
 
