@@ -1,7 +1,7 @@
 # The README's commands: `make demo`, `make test` and `make bench`. CI (.ci/run) calls `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test test-deps fmt-check clippy unit bench bench-deps profile
+.PHONY: all build demo test test-deps fmt-check clippy unit bench bench-deps bench-core profile
 
 all: build
 
@@ -33,6 +33,10 @@ bench: test-deps bench-deps
 
 bench-deps:
 	scripts/install-bench-deps.sh
+
+## Criterion micro-benchmarks of the pure core (reference parsing, policy, patch building).
+bench-core:
+	$(CARGO) bench --locked --bench core
 
 ## Where the warm path spends its instructions: callgrind on builds that keep their symbols
 ## (profile `profiling`); read the result with callgrind_annotate.
