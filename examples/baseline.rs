@@ -98,7 +98,10 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.ops_listen))?;
         let (listen, ops_listen) = (webhook.local_addr()?, ops.local_addr()?);
         let app = Router::new().fallback(post(review));
-        let server = axum_server::from_tcp_rustls(webhook, tls)?.serve(app.into_make_service());
+        // TCP_NODELAY, as pinhook sets it.
+        let server = axum_server::from_tcp_rustls(webhook, tls)?
+            .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+            .serve(app.into_make_service());
         let ops_app = Router::new().route("/readyz", get(|| async { "ready\n" }));
         let ops_server = axum::serve(ops, ops_app).into_future();
         println!(
