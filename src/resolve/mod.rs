@@ -167,23 +167,62 @@ pub struct Scope {
     pub stale_if_error: Duration,
 }
 
+/// A sha256 digest as its 32 bytes: the cache holds up to `--cache-max-entries` of them, twice
+/// (answers and last good answers), so not as 71-character strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sha256([u8; 32]);
+
+impl Sha256 {
+    /// `sha256:` and 64 lowercase hex digits (what the registry client returns).
+    fn parse(digest: &str) -> Option<Self> {
+        let hex = digest.strip_prefix("sha256:")?.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 32];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Some(Self(out))
+    }
+
+    /// `sha256:…`, as the registry wrote it.
+    fn to_digest(self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(71);
+        s.push_str("sha256:");
+        for b in self.0 {
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 15)] as char);
+        }
+        s
+    }
+}
+
+/// A cached answer: a digest, or why there is none (shared, not copied, by every hit).
 #[derive(Debug, Clone)]
 struct Cached {
-    result: Result<String, ResolveError>,
+    result: Result<Sha256, Arc<ResolveError>>,
 }
+
+/// The oldest last good answer ever served during an outage, whatever `staleIfError` says.
+const LAST_GOOD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Cache keys: `registry/repository:tag|credentials`, one allocation shared by both caches.
+type Key = Arc<str>;
 
 struct CacheExpiry {
     ttl: Duration,
     negative_ttl: Duration,
 }
 
-impl moka::Expiry<String, Cached> for CacheExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Cached,
-        _now: Instant,
-    ) -> Option<Duration> {
+impl moka::Expiry<Key, Cached> for CacheExpiry {
+    fn expire_after_create(&self, _key: &Key, value: &Cached, _now: Instant) -> Option<Duration> {
         Some(if value.result.is_ok() {
             self.ttl
         } else {
@@ -195,8 +234,8 @@ impl moka::Expiry<String, Cached> for CacheExpiry {
 /// Resolves tags to digests, with a cache shared by all admissions.
 pub struct Resolver {
     transport: ArcSwap<Transport>,
-    cache: moka::future::Cache<String, Cached>,
-    last_good: moka::sync::Cache<String, (String, Instant)>,
+    cache: moka::future::Cache<Key, Cached>,
+    last_good: moka::sync::Cache<Key, (Sha256, Instant)>,
     metrics: Arc<Metrics>,
 }
 
@@ -224,9 +263,10 @@ impl Resolver {
                     negative_ttl: settings.negative_ttl,
                 })
                 .build(),
+            // No expiry of its own (a timer per entry costs memory): an answer older than
+            // LAST_GOOD_MAX_AGE is never served, and the capacity bounds the rest.
             last_good: moka::sync::Cache::builder()
                 .max_capacity(settings.max_entries)
-                .time_to_live(Duration::from_secs(24 * 3600))
                 .build(),
             metrics,
         })
@@ -279,29 +319,38 @@ impl Resolver {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let key = format!(
+        let key: Key = format!(
             "{}/{}:{tag}|{scope_key}",
             image.registry(),
             image.repository()
-        );
+        )
+        .into();
         let start = Instant::now();
         let entry = self
             .cache
             .entry_by_ref(&key)
             .or_insert_with(async {
+                let result = self
+                    .lookup(image, &tag, &credentials, scope.allowed.as_ref(), deadline)
+                    .await;
                 Cached {
-                    result: self
-                        .lookup(image, &tag, &credentials, scope.allowed.as_ref(), deadline)
-                        .await,
+                    result: match result {
+                        Ok(digest) => Sha256::parse(&digest).ok_or_else(|| {
+                            Arc::new(ResolveError::Invalid {
+                                registry: image.registry().to_owned(),
+                                detail: format!("{digest:?} is not a sha256 digest"),
+                            })
+                        }),
+                        Err(e) => Err(Arc::new(e)),
+                    },
                 }
             })
             .await;
         let fresh = entry.is_fresh();
         let result = entry.into_value().result;
         let cache_result = if fresh { "miss" } else { "hit" };
-        if fresh && let Ok(digest) = &result {
-            self.last_good
-                .insert(key.clone(), (digest.clone(), Instant::now()));
+        if fresh && let Ok(digest) = result {
+            self.last_good.insert(key.clone(), (digest, Instant::now()));
             self.metrics
                 .resolution_duration
                 .observe(start.elapsed().as_secs_f64());
@@ -309,21 +358,26 @@ impl Resolver {
         let (answer, label) = match result {
             Ok(digest) => (
                 Ok(Resolved {
-                    digest,
+                    digest: digest.to_digest(),
                     stale_for: None,
                 }),
                 cache_result,
             ),
             Err(e) => match self.last_good.get(&key) {
                 // The registry is failing: a digest resolved recently enough is still served.
-                Some((digest, at)) if e.is_outage() && at.elapsed() <= scope.stale_if_error => (
-                    Ok(Resolved {
-                        digest,
-                        stale_for: Some(at.elapsed()),
-                    }),
-                    "stale",
-                ),
-                _ => (Err(e), cache_result),
+                Some((digest, at))
+                    if e.is_outage()
+                        && at.elapsed() <= scope.stale_if_error.min(LAST_GOOD_MAX_AGE) =>
+                {
+                    (
+                        Ok(Resolved {
+                            digest: digest.to_digest(),
+                            stale_for: Some(at.elapsed()),
+                        }),
+                        "stale",
+                    )
+                }
+                _ => (Err((*e).clone()), cache_result),
             },
         };
         self.metrics.cache_lookup(label);
@@ -403,5 +457,20 @@ impl Resolver {
             registry: image.registry().to_owned(),
             detail: "no endpoint to ask".into(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_round_trips_and_refuses_other_text() {
+        let d = "sha256:7b3ccabffc97de872a30dfd234fd972a66d247c8cfc69b0550f276481852627c";
+        assert_eq!(Sha256::parse(d).unwrap().to_digest(), d);
+        assert_eq!(Sha256::parse(&d.to_uppercase()), None);
+        assert_eq!(Sha256::parse(&d[..70]), None);
+        assert_eq!(Sha256::parse(&d.replace("sha256", "sha512")), None);
+        assert_eq!(Sha256::parse(&d.replace('7', "g")), None);
     }
 }
