@@ -8,16 +8,19 @@
 //!         [--duration 3s] [--warmup 500ms] [--rate 5000] [--expect '"allowed":true']
 //! ```
 //!
-//! Closed loop (no `--rate`): `connections × streams` requests are always in flight; each
-//! latency runs from the moment the request is handed to the HTTP/2 stack to the last byte of
-//! the answer. Fixed rate (`--rate R`): a pacing thread releases request `i` at
-//! `start + i/R` whatever the server is doing, spread over the connections, and each latency
-//! is measured from that *intended* start, so a stalled server is charged for every request it
-//! delayed (no coordinated omission). Requests released during `--warmup` are sent but not
-//! counted. An answer that is not HTTP 200, or lacks the `--expect` text, is an error.
+//! Closed loop (no `--rate`): `connections × streams` requests are always in flight. Fixed rate
+//! (`--rate R`): a pacing thread releases request `i` at `start + i/R` whatever the server is
+//! doing (open loop: a slow server never slows the sending, so there is no coordinated
+//! omission), spread over the connections. Each latency runs from the moment the request is
+//! handed to the HTTP/2 stack (waiting for a stream slot included) to the last byte of the
+//! answer. How late the generator itself released requests is reported apart (`lag_p99_us`,
+//! `lag_max_us`), and the latency counted from the intended start too (`p99_intended_us`), so a
+//! busy client cannot pass for a slow server. Requests released during `--warmup` are sent but
+//! not counted. An answer that is not HTTP 200, or lacks the `--expect` text, is an error.
 //!
 //! It prints one JSON object: `requests`, `errors`, `seconds`, `rps`, `p50_us`, `p90_us`,
-//! `p99_us`, `p999_us`, `max_us`, `mean_us`, and its own CPU seconds (`cpu_seconds`).
+//! `p99_us`, `p999_us`, `max_us`, `mean_us`, its own CPU seconds (`cpu_seconds`) and, at a
+//! fixed rate, the lag figures above.
 //!
 //! Why not oha or h2load: see BENCHMARKS.md ("Load generator").
 
@@ -167,6 +170,10 @@ async fn one(conn: &mut Conn, args: &Args) -> Result<(), String> {
 #[derive(Default)]
 struct Tally {
     latencies_ns: Vec<u64>,
+    /// Fixed rate: how late each counted request was handed over, and its latency from the
+    /// intended start.
+    lags_ns: Vec<u64>,
+    from_intended_ns: Vec<u64>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -185,8 +192,25 @@ impl Tally {
         }
     }
 
+    fn record_paced(
+        &mut self,
+        counted: bool,
+        result: Result<(), String>,
+        latency: Duration,
+        lag: Duration,
+    ) {
+        if counted && result.is_ok() {
+            self.lags_ns.push(lag.as_nanos() as u64);
+            self.from_intended_ns
+                .push((lag + latency).as_nanos() as u64);
+        }
+        self.record(counted, result, latency);
+    }
+
     fn merge(&mut self, other: Tally) {
         self.latencies_ns.extend(other.latencies_ns);
+        self.lags_ns.extend(other.lags_ns);
+        self.from_intended_ns.extend(other.from_intended_ns);
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -255,20 +279,21 @@ async fn open_loop(args: Arc<Args>, conns: Vec<Conn>, start: Instant, rate: f64)
         let (mut conn, args) = (conns[next % conns.len()].clone(), args.clone());
         next += 1;
         tasks.spawn(async move {
+            let sent = Instant::now();
             let r = one(&mut conn, &args).await;
-            (intended >= measure_from, r, intended.elapsed())
+            (intended >= measure_from, r, sent.elapsed(), sent - intended)
         });
         // Reap finished requests as we go, so the set stays small.
         while let Some(done) = tasks.try_join_next() {
-            if let Ok((counted, r, latency)) = done {
-                total.record(counted, r, latency);
+            if let Ok((counted, r, latency, lag)) = done {
+                total.record_paced(counted, r, latency, lag);
             }
         }
     }
     let _ = pacer.join();
     while let Some(done) = tasks.join_next().await {
-        if let Ok((counted, r, latency)) = done {
-            total.record(counted, r, latency);
+        if let Ok((counted, r, latency, lag)) = done {
+            total.record_paced(counted, r, latency, lag);
         }
     }
     total
@@ -333,6 +358,9 @@ fn main() -> anyhow::Result<()> {
     let cpu = cpu_seconds() - cpu_before;
     let mut lat = tally.latencies_ns;
     lat.sort_unstable();
+    let (mut lags, mut intended) = (tally.lags_ns, tally.from_intended_ns);
+    lags.sort_unstable();
+    intended.sort_unstable();
     let n = lat.len();
     let mean = if n == 0 {
         0.0
@@ -356,6 +384,9 @@ fn main() -> anyhow::Result<()> {
         "max_us": lat.last().map_or(0.0, |&v| v as f64 / 1000.0),
         "mean_us": mean,
         "cpu_seconds": cpu,
+        "lag_p99_us": args.rate.map(|_| percentile(&lags, 0.99)),
+        "lag_max_us": args.rate.map(|_| lags.last().map_or(0.0, |&v| v as f64 / 1000.0)),
+        "p99_intended_us": args.rate.map(|_| percentile(&intended, 0.99)),
     });
     println!("{out}");
     Ok(())
