@@ -2,7 +2,8 @@
 //! stack as `pinhook serve` — tokio's multi-threaded runtime, axum, axum-server with rustls
 //! (ring), HTTP/2 and HTTP/1.1 offered by ALPN, the same certificate loader — doing the least
 //! an admission webhook can do: read the AdmissionReview body, parse it with kube's types
-//! exactly as pinhook does, and answer `allowed: true` for the request's uid.
+//! exactly as pinhook does, and answer `allowed: true` for the request's uid, serialized as
+//! pinhook serializes its answers (`pinhook::admission::review_json`).
 //!
 //! ```text
 //! baseline --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 --tls-cert tls.crt --tls-key tls.key
@@ -35,8 +36,8 @@ async fn review(body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let answer = AdmissionResponse::from(&request).into_review();
-    match serde_json::to_vec(&answer) {
+    // The cheapest serialization of the answer there is in the repository: pinhook's own.
+    match pinhook::admission::review_json(AdmissionResponse::from(&request)) {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,

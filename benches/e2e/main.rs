@@ -74,6 +74,22 @@ fn main() {
     common::init_crypto();
     let started = Instant::now();
     let mut bench = Bench::new();
+    // The harness's own threads (the servers' output copiers, the registry and proxy it
+    // starts, its HTTP clients) share the load generators' CPU, not the servers'.
+    if let Some(cpu) = bench.pin.client {
+        let pinned = std::process::Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &cpu.to_string(),
+                &std::process::id().to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(pinned, "taskset -p could not pin the harness to CPU {cpu}");
+    }
     let load_start = loadavg();
     eprintln!(
         "e2e: writing to {}; servers on CPU {:?}, clients on CPU {:?}",
@@ -120,8 +136,8 @@ fn main() {
         load: (load_start, loadavg()),
         pinning: match (bench.pin.server, bench.pin.client) {
             (Some(s), Some(c)) => format!(
-                "servers under test pinned to CPU {s}, load generators to CPU {c} (`taskset`); \
-                 the harness itself unpinned"
+                "servers under test pinned to CPU {s}; load generators, the harness, the \
+                 registry and the proxy to CPU {c} (`taskset`)"
             ),
             _ => "no pinning (`BENCH_PIN=0`, one CPU, or no `taskset`)".into(),
         },
@@ -497,7 +513,9 @@ impl Bench {
         .run(&self.bins, self.pin, &baseline);
         assert_eq!(ml.errors, 0, "{:?}", ml.first_error);
         self.detail(format!(
-            "fixed rate {rate:.0}/s: pinhook p50/p90/p99/p99.9 {}/{}/{}/{}; baseline {}/{}/{}/{}",
+            "fixed rate {rate:.0}/s: pinhook p50/p90/p99/p99.9 {}/{}/{}/{}; baseline {}/{}/{}/{}; \
+             load generator lateness p99 {} / {} (p99 counted from the intended start: pinhook {}, \
+             baseline {})",
             ms(ml.p50),
             ms(ml.p90),
             ms(ml.p99),
@@ -505,7 +523,11 @@ impl Bench {
             ms(bl.p50),
             ms(bl.p90),
             ms(bl.p99),
-            ms(bl.p999)
+            ms(bl.p999),
+            ms(ml.lag_p99),
+            ms(bl.lag_p99),
+            ms(ml.p99_intended),
+            ms(bl.p99_intended)
         ));
         self.rows.push(Row {
             figure: format!("1c. Warm /mutate latency at a fixed {rate:.0} req/s (half of 1a)"),

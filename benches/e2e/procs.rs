@@ -102,8 +102,10 @@ impl Pinning {
     }
 }
 
-/// A server under test (pinhook or the baseline), killed on drop. Its standard output and
-/// error go to files (a container runtime also writes them to a file).
+/// A server under test (pinhook or the baseline), killed on drop. Its standard output goes
+/// through a pipe to a thread that writes it to a file, as a container runtime reads a
+/// container's output (a server writing straight to a file would stall whenever the file
+/// system flushes); standard error goes to a file.
 pub struct Server {
     child: Child,
     /// The HTTPS listener.
@@ -129,7 +131,7 @@ impl Server {
         cmd.args(args)
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
-            .stdout(File::create(log).unwrap())
+            .stdout(Stdio::piped())
             .stderr(File::create(log.with_extension("err")).unwrap());
         let command = format!(
             "{}{} {}",
@@ -140,6 +142,9 @@ impl Server {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        let mut out = child.stdout.take().unwrap();
+        let mut file = File::create(log).unwrap();
+        std::thread::spawn(move || std::io::copy(&mut out, &mut file));
         let started = Instant::now();
         loop {
             let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -276,6 +281,10 @@ pub struct Load {
     pub server_cpu_us: f64,
     /// Load generator CPU seconds.
     pub client_cpu_s: f64,
+    /// Fixed rate: p99 of how late the generator handed requests over (µs).
+    pub lag_p99: f64,
+    /// Fixed rate: p99 latency counted from the intended start (µs).
+    pub p99_intended: f64,
     /// The command line.
     pub command: String,
 }
@@ -382,6 +391,8 @@ impl LoadSpec {
                 0.0
             },
             client_cpu_s: f("cpu_seconds"),
+            lag_p99: f("lag_p99_us"),
+            p99_intended: f("p99_intended_us"),
             command,
         }
     }
