@@ -616,6 +616,68 @@ impl Bench {
                 "h2load not installed (scripts/install-bench-deps.sh): no cross-check".into(),
             );
         }
+        // And with oha, when it is installed (too long to build for `make bench` itself).
+        if let Some(oha) = procs::oha_binary() {
+            let cacert = self.cacert();
+            let run = |s: &Server, path: &str, rate: Option<f64>| {
+                procs::oha(
+                    &oha,
+                    self.pin,
+                    s,
+                    path,
+                    &body,
+                    &cacert,
+                    4,
+                    16,
+                    self.seconds.as_secs().max(1),
+                    rate,
+                )
+            };
+            rewarm(self);
+            let runs = (
+                run(&baseline, "/mutate?timeout=10s", None),
+                run(&pinhook, "/mutate?timeout=10s", None),
+                run(&pinhook, "/validate?timeout=10s", None),
+                run(&baseline, "/mutate?timeout=10s", Some(rate)),
+                run(&pinhook, "/mutate?timeout=10s", Some(rate)),
+            );
+            if let (Some(ob), Some(om), Some(ov), Some(obr), Some(omr)) = runs {
+                let all_ok = [&ob, &om, &ov, &obr, &omr]
+                    .iter()
+                    .all(|r| r.ok > 0 && r.not_ok == 0);
+                self.rows.push(Row {
+                    figure: "1f. Cross-check of 1a, 2a and 1c with oha".into(),
+                    value: format!(
+                        "/mutate {:.0} req/s, /validate {:.0} req/s; /mutate p99 {} at {rate:.0} req/s",
+                        om.rps,
+                        ov.rps,
+                        ms(omr.p99)
+                    ),
+                    baseline: format!("{:.0} req/s; p99 {} at {rate:.0} req/s", ob.rps, ms(obr.p99)),
+                    ratio: format!(
+                        "/mutate {}, /validate {}; p99 {}",
+                        ratio(om.rps, ob.rps),
+                        ratio(ov.rps, ob.rps),
+                        ratio(omr.p99, obr.p99)
+                    ),
+                    target: "same targets as 1a, 2a, 1c".into(),
+                    met: if all_ok
+                        && om.rps / ob.rps >= 0.7
+                        && ov.rps / ob.rps >= 0.8
+                        && omr.p99 < 1000.0
+                    {
+                        Met::Yes
+                    } else {
+                        Met::No
+                    },
+                    command: format!("`{}`", om.command),
+                });
+            }
+        } else {
+            self.detail(
+                "oha not installed (`cargo install --locked oha`): no oha cross-check".into(),
+            );
+        }
         self.detail(format!(
             "pinhook RSS after the warm-path runs: {:.1} MiB; baseline: {:.1} MiB",
             pinhook.rss_kib() as f64 / 1024.0,

@@ -504,3 +504,100 @@ pub fn shell_quote(s: &str) -> String {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
+
+/// What oha reported, for a cross-check with the most common Rust load generator.
+#[derive(Debug, Clone)]
+pub struct Oha {
+    /// Requests per second.
+    pub rps: f64,
+    /// p99 latency (µs).
+    pub p99: f64,
+    /// Answers with status 200.
+    pub ok: u64,
+    /// Answers with any other status.
+    pub not_ok: u64,
+    /// The command line.
+    pub command: String,
+}
+
+/// oha, from `BENCH_OHA` or the PATH (`cargo install --locked oha`), if there is one.
+pub fn oha_binary() -> Option<PathBuf> {
+    let candidate = std::env::var("BENCH_OHA").map_or_else(|_| PathBuf::from("oha"), PathBuf::from);
+    Command::new(&candidate)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| candidate)
+}
+
+/// Runs oha against `server`: `connections × streams` over HTTP/2 for `seconds`, or at `rate`
+/// requests per second with latency correction.
+#[allow(clippy::too_many_arguments)]
+pub fn oha(
+    oha: &Path,
+    pin: Pinning,
+    server: &Server,
+    path: &str,
+    body: &Path,
+    cacert: &Path,
+    connections: usize,
+    streams: usize,
+    seconds: u64,
+    rate: Option<f64>,
+) -> Option<Oha> {
+    let mut args: Vec<String> = vec![
+        "-z".into(),
+        format!("{seconds}s"),
+        "-c".into(),
+        connections.to_string(),
+        "-p".into(),
+        streams.to_string(),
+        "--http2".into(),
+        "-m".into(),
+        "POST".into(),
+        "-D".into(),
+        body.display().to_string(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "--cacert".into(),
+        cacert.display().to_string(),
+        "--no-tui".into(),
+        "--output-format".into(),
+        "json".into(),
+    ];
+    if let Some(r) = rate {
+        args.extend([
+            "-q".into(),
+            format!("{r:.0}"),
+            "--latency-correction".into(),
+        ]);
+    }
+    args.push(server.url(path));
+    let command = format!(
+        "{}{} {}",
+        Pinning::prefix(pin.client),
+        oha.display(),
+        args.iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = Pinning::command(pin.client, oha)
+        .args(&args)
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(Oha {
+        rps: v["summary"]["requestsPerSec"].as_f64()?,
+        p99: v["latencyPercentiles"]["p99"].as_f64()? * 1e6,
+        ok: v["statusCodeDistribution"]["200"].as_u64().unwrap_or(0),
+        not_ok: v["statusCodeDistribution"].as_object().map_or(0, |m| {
+            m.iter()
+                .filter(|(k, _)| k.as_str() != "200")
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        }),
+        command,
+    })
+}
