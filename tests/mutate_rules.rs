@@ -193,7 +193,7 @@ async fn a_hung_registry_is_bounded_by_the_api_server_timeout() {
             "--deadline-margin".into(),
             "500ms".into(),
         ],
-           ..Default::default()
+        ..Default::default()
     });
     let review = with_image(
         fixture("pod_version_tags"),

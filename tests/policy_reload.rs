@@ -91,7 +91,7 @@ async fn configmap_style_symlink_swap_is_seen() {
             "--policy".into(),
             root.join("policy.yaml").display().to_string(),
         ],
-           ..Default::default()
+        ..Default::default()
     });
     let resp = latest_tag_pod(&server).await;
     assert_eq!(resp["allowed"], false, "{resp}");
