@@ -145,7 +145,9 @@ fn main() {
         appendix: include_str!("notes.md").to_owned(),
         details: bench.details.clone(),
     };
-    let text = report::render(&bench.rows, &ctx);
+    // Paths relative to the repository, so the commands run from its root on any clone.
+    let text =
+        report::render(&bench.rows, &ctx).replace(concat!(env!("CARGO_MANIFEST_DIR"), "/"), "");
     report::write(&bench.out, &text);
     println!("{text}");
     eprintln!(
