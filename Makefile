@@ -1,9 +1,9 @@
-# The README's two commands: `make demo` and `make test`. CI (.ci/run) calls `make test`.
+# The README's commands: `make demo`, `make test` and `make bench`. CI (.ci/run) calls `make test`.
 CARGO ?= cargo
 # Python with the packaging tools (Helm renderer, kubernetes-validate, hadolint).
 TOOLS_PY := .tools/venv/bin/python
 
-.PHONY: all build demo test test-deps fmt-check clippy unit \
+.PHONY: all build demo test test-deps fmt-check clippy unit bench bench-deps bench-core profile \
 	packaging-deps packaging-check static image-check dockerfile-lint manifests chart-check
 
 all: build
@@ -56,3 +56,25 @@ chart-check: packaging-deps build
 	  git diff --exit-code --stat manifests/ || { echo "manifests/ is not the chart's render: run make manifests and commit" >&2; exit 1; }; \
 	  test -z "$$(git status --porcelain --untracked-files=all manifests/)" || { echo "manifests/ has uncommitted files: commit them" >&2; git status --short manifests/ >&2; exit 1; }; \
 	fi
+
+## Benchmarks: pinhook, the baseline server and the load generator in the release profile, a real
+## registry behind a delaying proxy; writes BENCHMARKS.md (under 10 minutes on 2 cores).
+bench: test-deps bench-deps
+	$(CARGO) build --locked --profile bench --bin pinhook --example baseline --example loadgen
+	$(CARGO) bench --locked --bench e2e
+
+bench-deps:
+	scripts/install-bench-deps.sh
+
+## Criterion micro-benchmarks of the pure core (reference parsing, policy, patch building).
+bench-core:
+	$(CARGO) bench --locked --bench core
+
+## Where the warm path spends its instructions: callgrind on builds that keep their symbols
+## (profile `profiling`); read the result with callgrind_annotate.
+profile: test-deps bench-deps
+	$(CARGO) build --locked --profile bench --bin pinhook --example loadgen --example baseline
+	$(CARGO) build --locked --profile profiling --bin pinhook --example baseline
+	BENCH_ONLY=callgrind BENCH_PINHOOK=target/profiling/pinhook \
+	  BENCH_BASELINE=target/profiling/examples/baseline $(CARGO) bench --locked --bench e2e
+	callgrind_annotate --inclusive=yes $$(ls -t target/bench/callgrind/mutate.out* | head -1) | head -60

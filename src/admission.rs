@@ -285,16 +285,55 @@ impl Decision {
 
 /// The AdmissionReview answer as the API server reads it: `admission.k8s.io/v1`, and the patch
 /// as base64 (kube's type holds raw bytes, which JSON would write as an array of numbers).
-pub fn review_json(mut resp: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
+/// Written in one pass, with the fields of kube's `AdmissionResponse`.
+pub fn review_json(resp: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
     use base64::Engine;
-    resp.types.api_version = META_API_VERSION_V1.to_owned();
-    resp.types.kind = META_KIND.to_owned();
-    let Some(patch) = resp.patch.take() else {
-        return serde_json::to_vec(&resp.into_review());
+
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Review<'a> {
+        api_version: &'static str,
+        kind: &'static str,
+        response: Response<'a>,
+    }
+
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Response<'a> {
+        uid: &'a str,
+        allowed: bool,
+        status: &'a Status,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "HashMap::is_empty")]
+        audit_annotations: &'a HashMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        warnings: Option<&'a Vec<String>>,
+    }
+
+    let patch = resp
+        .patch
+        .as_ref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let review = Review {
+        api_version: META_API_VERSION_V1,
+        kind: META_KIND,
+        response: Response {
+            uid: &resp.uid,
+            allowed: resp.allowed,
+            status: &resp.result,
+            // kube sets the patch type with the patch, and JSONPatch is the only one there is.
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations: &resp.audit_annotations,
+            warnings: resp.warnings.as_ref(),
+        },
     };
-    let mut v = serde_json::to_value(resp.into_review())?;
-    v["response"]["patch"] = Value::String(base64::engine::general_purpose::STANDARD.encode(patch));
-    serde_json::to_vec(&v)
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(&mut out, &review)?;
+    Ok(out)
 }
 
 /// The findings for one object of `kind` under `profile`; on update only new or changed images count.
@@ -627,5 +666,63 @@ mod tests {
             ..o
         };
         assert_eq!(o.to_string(), "Pod a/web-1");
+    }
+
+    #[test]
+    fn review_json_is_kubes_document_with_a_base64_patch() {
+        use base64::Engine;
+        let policy = Policy::from_yaml("mode: warn", "t").unwrap();
+        let req = request(
+            ("", "Pod"),
+            "CREATE",
+            pod(&[("web", "nginx:latest")]),
+            Value::Null,
+        );
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "replace", "path": "/spec/containers/0/image", "value": "nginx:latest@sha256:00"}
+        ]))
+        .unwrap();
+        let resp = review(&policy, &req)
+            .respond(&req)
+            .with_patch(patch.clone())
+            .unwrap();
+        let ours: Value = serde_json::from_slice(&review_json(resp.clone()).unwrap()).unwrap();
+        // What kube's own serialization gives, with the patch bytes written as base64.
+        let mut kubes = resp;
+        kubes.types.api_version = META_API_VERSION_V1.to_owned();
+        kubes.types.kind = META_KIND.to_owned();
+        let bytes = kubes.patch.take().unwrap();
+        let mut expected = serde_json::to_value(kubes.into_review()).unwrap();
+        expected["response"]["patch"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(&bytes));
+        assert_eq!(ours, expected);
+        assert_eq!(ours["response"]["patchType"], "JSONPatch");
+        assert_eq!(ours["response"]["warnings"].as_array().unwrap().len(), 1);
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(ours["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<json_patch::Patch>(&decoded).unwrap(),
+            patch
+        );
+    }
+
+    #[test]
+    fn review_json_without_patch_has_no_patch_type() {
+        let req = request(
+            ("", "Pod"),
+            "CREATE",
+            pod(&[("ok", "nginx:1.27.1")]),
+            Value::Null,
+        );
+        let v: Value = serde_json::from_slice(
+            &review_json(review(&Policy::default(), &req).respond(&req)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none() && v["response"].get("patchType").is_none());
     }
 }

@@ -7,6 +7,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::field::{Field, Visit};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{Filtered, Targets};
 use tracing_subscriber::layer::Context;
 
 use crate::admission::{Decision, Outcome};
@@ -243,7 +245,7 @@ pub fn record_pinning(pinning: &Pinning, decision: &Decision, info: &RequestInfo
 
 fn emit<T: Serialize>(record: &T, uid: &str) {
     match serde_json::to_string(record) {
-        Ok(line) => tracing::info!(target: TARGET, line = %line),
+        Ok(line) => tracing::info!(target: TARGET, line = line.as_str()),
         Err(e) => tracing::error!(error = %e, uid, "cannot serialize audit record"),
     }
 }
@@ -256,34 +258,48 @@ pub fn record(decision: &Decision, info: &RequestInfo) {
 }
 
 /// A tracing layer that writes the `line` field of audit events to stdout, unchanged.
+///
+/// Install it with [`layer`], which filters it to the audit target: a layer without a filter
+/// is interested in every callsite, which keeps every `trace!` and `debug!` of the HTTP stack
+/// enabled (and every span allocated) on every request, even when nothing is logged.
 #[derive(Debug, Default)]
 pub struct AuditLayer;
 
-struct LineVisitor(Option<String>);
+/// [`AuditLayer`], interested only in `INFO` events on [`TARGET`].
+pub fn layer<S>() -> Filtered<AuditLayer, Targets, S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    AuditLayer.with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO))
+}
 
-impl Visit for LineVisitor {
+/// Writes the `line` field, and a newline, to stdout in one write.
+struct LineWriter;
+
+impl Visit for LineWriter {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "line" {
-            self.0 = Some(value.to_owned());
+            write_line(value);
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "line" {
-            self.0 = Some(format!("{value:?}"));
+            write_line(&format!("{value:?}"));
         }
     }
 }
 
+fn write_line(line: &str) {
+    // Stdout is line-buffered: the newline flushes the line as one write.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.write_all(b"\n");
+}
+
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() != TARGET {
-            return;
-        }
-        let mut v = LineVisitor(None);
-        event.record(&mut v);
-        if let Some(mut line) = v.0 {
-            line.push('\n');
-            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        if event.metadata().target() == TARGET {
+            event.record(&mut LineWriter);
         }
     }
 }

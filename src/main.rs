@@ -55,7 +55,7 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     };
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(audit::AuditLayer)
+        .with(audit::layer())
         .try_init()
         .context("cannot install the log subscriber")
 }

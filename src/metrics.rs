@@ -80,6 +80,8 @@ pub struct Metrics {
     pub tls_reloads: Family<ReloadLabels, Counter>,
     /// Digest cache lookups by result.
     pub cache: Family<CacheLabels, Counter>,
+    /// Entries in the digest cache (digests and remembered failures), set when scraped.
+    pub cache_entries: Gauge,
     /// Registry HTTP requests by registry and outcome.
     pub registry_requests: Family<RegistryLabels, Counter>,
     /// Time to resolve an uncached tag, in seconds.
@@ -145,6 +147,12 @@ impl Metrics {
             "Digest cache lookups by result",
             cache.clone(),
         );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Entries in the digest cache (digests and remembered failures)",
+            cache_entries.clone(),
+        );
         let registry_requests = Family::<RegistryLabels, Counter>::default();
         registry.register(
             "registry_requests",
@@ -168,6 +176,7 @@ impl Metrics {
         policy_valid.set(1);
         Self {
             cache,
+            cache_entries,
             registry_requests,
             resolution_duration,
             pins,

@@ -25,7 +25,7 @@ pub struct Pinner {
     pub resolver: Arc<Resolver>,
     secrets: Option<PullSecrets>,
     registry_config: Keyring,
-    concurrency: Arc<Semaphore>,
+    concurrency: Semaphore,
     metrics: Arc<Metrics>,
 }
 
@@ -42,7 +42,7 @@ impl Pinner {
             resolver,
             secrets,
             registry_config,
-            concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
+            concurrency: Semaphore::new(concurrency.max(1)),
             metrics,
         }
     }
@@ -83,47 +83,28 @@ impl Pinner {
             }
         };
         let scope = if targets.iter().any(|t| t.source == Source::Resolve) {
-            Arc::new(Scope {
+            Scope {
                 keyring: self
                     .keyring(kind, &decision.object.namespace, &object.data)
                     .await,
                 allowed: (!profile.allowed_registries.is_empty())
                     .then(|| profile.allowed_registries.clone()),
                 stale_if_error: profile.stale_if_error,
-            })
-        } else {
-            Arc::new(Scope::default())
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, target) in targets.iter().cloned().enumerate() {
-            let (resolver, scope, permits) = (
-                self.resolver.clone(),
-                scope.clone(),
-                self.concurrency.clone(),
-            );
-            tasks.spawn(async move {
-                (
-                    i,
-                    resolve_one(&resolver, &target, &scope, &permits, deadline).await,
-                )
-            });
-        }
-        let mut results: Vec<Option<PinResult>> = vec![None; targets.len()];
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok((i, r)) = joined {
-                results[i] = Some(r);
             }
-        }
+        } else {
+            Scope::default()
+        };
+        // Every target concurrently, in this task: a cached digest answers at once, and the
+        // misses wait for the registry together (bounded by the semaphore), without a task
+        // spawned per image.
+        let results = futures_util::future::join_all(targets.iter().map(|target| {
+            resolve_one(&self.resolver, target, &scope, &self.concurrency, deadline)
+        }))
+        .await;
         let results: Vec<(Target, PinResult)> = targets
             .into_iter()
             .zip(results)
             .map(|(t, r)| {
-                let r = r.unwrap_or_else(|| {
-                    PinResult::Failed(crate::resolve::ResolveError::Invalid {
-                        registry: t.reference.registry().to_owned(),
-                        detail: "resolution task failed".into(),
-                    })
-                });
                 self.metrics
                     .pins
                     .get_or_create(&PinLabels { result: r.label() })

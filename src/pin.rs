@@ -155,7 +155,11 @@ pub fn plan(
 /// `name:tag@digest` (keeping the user's spelling) or `name@digest`.
 pub fn pinned_reference(image: &str, digest: &str, keep_tag: bool) -> String {
     if keep_tag {
-        return format!("{image}@{digest}");
+        let mut s = String::with_capacity(image.len() + 1 + digest.len());
+        s.push_str(image);
+        s.push('@');
+        s.push_str(digest);
+        return s;
     }
     let (prefix, last) = image.rsplit_once('/').map_or(("", image), |(p, l)| (p, l));
     let name = last.split_once(':').map_or(last, |(n, _)| n);

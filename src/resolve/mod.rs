@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use moka::ops::compute::{CompResult, Op};
 
 use crate::metrics::{Metrics, RegistryLabels};
 use crate::policy::Patterns;
@@ -167,36 +168,119 @@ pub struct Scope {
     pub stale_if_error: Duration,
 }
 
-#[derive(Debug, Clone)]
-struct Cached {
-    result: Result<String, ResolveError>,
+/// A sha256 digest as its 32 bytes: the cache holds up to `--cache-max-entries` of them, so
+/// not as 71-character strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sha256([u8; 32]);
+
+impl Sha256 {
+    /// `sha256:` and 64 lowercase hex digits (what the registry client returns).
+    fn parse(digest: &str) -> Option<Self> {
+        let hex = digest.strip_prefix("sha256:")?.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 32];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Some(Self(out))
+    }
+
+    /// `sha256:…`, as the registry wrote it.
+    fn to_digest(self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(71);
+        s.push_str("sha256:");
+        for b in self.0 {
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 15)] as char);
+        }
+        s
+    }
 }
 
+/// A cached answer: the latest digest or error for one tag and credential scope, when it was
+/// obtained, and — after an error — the last digest the registry gave (for `staleIfError`).
+/// One entry per key holds both, so a tag costs one cache entry, not two.
+#[derive(Debug, Clone)]
+struct Cached {
+    result: Result<Sha256, Arc<ResolveError>>,
+    at: Instant,
+    last_good: Option<(Sha256, Instant)>,
+}
+
+impl Cached {
+    /// Whether the answer may still be given without asking the registry again.
+    fn is_fresh(&self, ttl: Duration, negative_ttl: Duration) -> bool {
+        let limit = if self.result.is_ok() {
+            ttl
+        } else {
+            negative_ttl
+        };
+        self.at.elapsed() < limit
+    }
+
+    /// The digest to serve if the registry fails now: this answer's, or the one kept from before.
+    fn good(&self) -> Option<(Sha256, Instant)> {
+        match self.result {
+            Ok(digest) => Some((digest, self.at)),
+            Err(_) => self.last_good,
+        }
+    }
+}
+
+/// The oldest last good answer ever served during an outage, whatever `staleIfError` says.
+const LAST_GOOD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Cache keys: `registry/repository:tag|credentials`.
+type Key = Arc<str>;
+
+/// How long moka keeps an entry: a digest for [`LAST_GOOD_MAX_AGE`] (it is re-resolved after
+/// the TTL, but kept for outages until then), an error for the negative TTL unless it carries a
+/// last good digest.
 struct CacheExpiry {
-    ttl: Duration,
     negative_ttl: Duration,
 }
 
-impl moka::Expiry<String, Cached> for CacheExpiry {
-    fn expire_after_create(
+impl CacheExpiry {
+    fn keep(&self, value: &Cached) -> Duration {
+        match value.good() {
+            Some((_, at)) => LAST_GOOD_MAX_AGE
+                .saturating_sub(at.elapsed())
+                .max(self.negative_ttl),
+            None => self.negative_ttl,
+        }
+    }
+}
+
+impl moka::Expiry<Key, Cached> for CacheExpiry {
+    fn expire_after_create(&self, _key: &Key, value: &Cached, _now: Instant) -> Option<Duration> {
+        Some(self.keep(value))
+    }
+
+    fn expire_after_update(
         &self,
-        _key: &String,
+        _key: &Key,
         value: &Cached,
         _now: Instant,
+        _remaining: Option<Duration>,
     ) -> Option<Duration> {
-        Some(if value.result.is_ok() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        })
+        Some(self.keep(value))
     }
 }
 
 /// Resolves tags to digests, with a cache shared by all admissions.
 pub struct Resolver {
     transport: ArcSwap<Transport>,
-    cache: moka::future::Cache<String, Cached>,
-    last_good: moka::sync::Cache<String, (String, Instant)>,
+    cache: moka::future::Cache<Key, Cached>,
+    ttl: Duration,
+    negative_ttl: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -220,14 +304,11 @@ impl Resolver {
             cache: moka::future::Cache::builder()
                 .max_capacity(settings.max_entries)
                 .expire_after(CacheExpiry {
-                    ttl: settings.ttl,
                     negative_ttl: settings.negative_ttl,
                 })
                 .build(),
-            last_good: moka::sync::Cache::builder()
-                .max_capacity(settings.max_entries)
-                .time_to_live(Duration::from_secs(24 * 3600))
-                .build(),
+            ttl: settings.ttl,
+            negative_ttl: settings.negative_ttl,
             metrics,
         })
     }
@@ -243,8 +324,14 @@ impl Resolver {
         Ok(())
     }
 
-    /// Number of cached answers (for benchmarks and metrics).
+    /// Number of cached answers (for benchmarks and metrics); may lag behind recent inserts.
     pub fn cached_entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Number of cached answers once pending inserts and evictions are applied.
+    pub async fn counted_entries(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
         self.cache.entry_count()
     }
 
@@ -280,51 +367,108 @@ impl Resolver {
             .as_ref()
             .map(|a| format!("|allowed={}", a.sources().join(",")))
             .unwrap_or_default();
-        let key = format!(
+        let key: Key = format!(
             "{}/{}:{tag}|{scope_key}{allowed_key}",
             image.registry(),
             image.repository()
-        );
-        let start = Instant::now();
-        let entry = self
-            .cache
-            .entry_by_ref(&key)
-            .or_insert_with(async {
-                Cached {
-                    result: self
-                        .lookup(image, &tag, &credentials, scope.allowed.as_ref(), deadline)
-                        .await,
+        )
+        .into();
+        // The hot path: a fresh answer, without taking the key's lock.
+        let cached = match self.cache.get(&key).await {
+            Some(c) if c.is_fresh(self.ttl, self.negative_ttl) => Some(c),
+            _ => None,
+        };
+        let (entry, label) = match cached {
+            Some(c) => (c, "hit"),
+            None => {
+                // One lookup per key at a time (single flight): moka runs the computations of a
+                // key one after the other, and a caller that finds the answer refreshed while it
+                // waited uses it.
+                let start = Instant::now();
+                let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
+                let computed = self
+                    .cache
+                    .entry_by_ref(&key)
+                    .and_compute_with(|current| async move {
+                        let previous = current.map(|e| e.into_value());
+                        if previous
+                            .as_ref()
+                            .is_some_and(|p| p.is_fresh(ttl, negative_ttl))
+                        {
+                            return Op::Nop;
+                        }
+                        let result = self
+                            .lookup(image, &tag, &credentials, scope.allowed.as_ref(), deadline)
+                            .await;
+                        let result = match result {
+                            Ok(digest) => Sha256::parse(&digest).ok_or_else(|| {
+                                Arc::new(ResolveError::Invalid {
+                                    registry: image.registry().to_owned(),
+                                    detail: format!("{digest:?} is not a sha256 digest"),
+                                })
+                            }),
+                            Err(e) => Err(Arc::new(e)),
+                        };
+                        let last_good = match result {
+                            Ok(_) => None,
+                            Err(_) => previous.as_ref().and_then(Cached::good),
+                        };
+                        Op::Put(Cached {
+                            result,
+                            at: Instant::now(),
+                            last_good,
+                        })
+                    })
+                    .await;
+                match computed {
+                    CompResult::Inserted(e) | CompResult::ReplacedWith(e) => {
+                        if e.value().result.is_ok() {
+                            self.metrics
+                                .resolution_duration
+                                .observe(start.elapsed().as_secs_f64());
+                        }
+                        (e.into_value(), "miss")
+                    }
+                    CompResult::Unchanged(e) => (e.into_value(), "hit"),
+                    // The computation always puts a value or finds a fresh one; should moka
+                    // ever answer otherwise, the request gets an error rather than a panic.
+                    CompResult::StillNone(_) | CompResult::Removed(_) => (
+                        Cached {
+                            result: Err(Arc::new(ResolveError::Invalid {
+                                registry: image.registry().to_owned(),
+                                detail: "the digest cache returned no answer".to_owned(),
+                            })),
+                            at: Instant::now(),
+                            last_good: None,
+                        },
+                        "miss",
+                    ),
                 }
-            })
-            .await;
-        let fresh = entry.is_fresh();
-        let result = entry.into_value().result;
-        let cache_result = if fresh { "miss" } else { "hit" };
-        if fresh && let Ok(digest) = &result {
-            self.last_good
-                .insert(key.clone(), (digest.clone(), Instant::now()));
-            self.metrics
-                .resolution_duration
-                .observe(start.elapsed().as_secs_f64());
-        }
-        let (answer, label) = match result {
+            }
+        };
+        let (answer, label) = match &entry.result {
             Ok(digest) => (
                 Ok(Resolved {
-                    digest,
+                    digest: digest.to_digest(),
                     stale_for: None,
                 }),
-                cache_result,
+                label,
             ),
-            Err(e) => match self.last_good.get(&key) {
-                // The registry is failing: a digest resolved recently enough is still served.
-                Some((digest, at)) if e.is_outage() && at.elapsed() <= scope.stale_if_error => (
-                    Ok(Resolved {
-                        digest,
-                        stale_for: Some(at.elapsed()),
-                    }),
-                    "stale",
-                ),
-                _ => (Err(e), cache_result),
+            // The registry is failing: a digest resolved recently enough is still served.
+            Err(e) => match entry.last_good {
+                Some((digest, at))
+                    if e.is_outage()
+                        && at.elapsed() <= scope.stale_if_error.min(LAST_GOOD_MAX_AGE) =>
+                {
+                    (
+                        Ok(Resolved {
+                            digest: digest.to_digest(),
+                            stale_for: Some(at.elapsed()),
+                        }),
+                        "stale",
+                    )
+                }
+                _ => (Err((**e).clone()), label),
             },
         };
         self.metrics.cache_lookup(label);
@@ -404,5 +548,145 @@ impl Resolver {
             registry: image.registry().to_owned(),
             detail: "no endpoint to ask".into(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_round_trips_and_refuses_other_text() {
+        let d = "sha256:7b3ccabffc97de872a30dfd234fd972a66d247c8cfc69b0550f276481852627c";
+        assert_eq!(Sha256::parse(d).unwrap().to_digest(), d);
+        assert_eq!(Sha256::parse(&d.to_uppercase()), None);
+        assert_eq!(Sha256::parse(&d[..70]), None);
+        assert_eq!(Sha256::parse(&d.replace("sha256", "sha512")), None);
+        assert_eq!(Sha256::parse(&d.replace('7', "g")), None);
+    }
+
+    /// A registry of our own on 127.0.0.1: answers `HEAD /v2/*/manifests/*` with a digest after
+    /// `delay`, or with `status` when it is not 200; counts manifest requests.
+    struct FakeRegistry {
+        host: String,
+        requests: Arc<std::sync::atomic::AtomicUsize>,
+        status: Arc<std::sync::atomic::AtomicU16>,
+    }
+
+    const DIGEST: &str = "sha256:7b3ccabffc97de872a30dfd234fd972a66d247c8cfc69b0550f276481852627c";
+
+    async fn fake_registry(delay: Duration) -> FakeRegistry {
+        use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+        let requests = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicU16::new(200));
+        let (r, st) = (requests.clone(), status.clone());
+        let app = axum::Router::new().route(
+            "/v2/{*rest}",
+            axum::routing::any(move || {
+                let (r, st) = (r.clone(), st.clone());
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    let code = axum::http::StatusCode::from_u16(st.load(Ordering::SeqCst)).unwrap();
+                    (code, [("docker-content-digest", DIGEST)], "")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeRegistry {
+            host,
+            requests,
+            status,
+        }
+    }
+
+    fn resolver(host: &str, ttl: Duration) -> Resolver {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let registries = [RegistrySettings {
+            host: host.to_owned(),
+            insecure: true,
+            ..Default::default()
+        }];
+        let settings = ResolverSettings {
+            ttl,
+            negative_ttl: Duration::from_millis(1),
+            ..Default::default()
+        };
+        Resolver::new(&registries, &settings, Arc::new(Metrics::new())).unwrap()
+    }
+
+    fn scope(stale_if_error: Duration) -> Scope {
+        Scope {
+            stale_if_error,
+            ..Default::default()
+        }
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn cached_then_stale_during_an_outage_then_fresh_again() {
+        use std::sync::atomic::Ordering;
+        let reg = fake_registry(Duration::ZERO).await;
+        let r = resolver(&reg.host, Duration::from_millis(50));
+        let image = ImageRef::parse(&format!("{}/shop/web:1.0.0", reg.host)).unwrap();
+        let hour = scope(Duration::from_secs(3600));
+        let first = r.resolve(&image, &hour, soon()).await.unwrap();
+        assert_eq!((first.digest.as_str(), first.stale_for), (DIGEST, None));
+        r.resolve(&image, &hour, soon()).await.unwrap();
+        assert_eq!(
+            reg.requests.load(Ordering::SeqCst),
+            1,
+            "the second answer is cached"
+        );
+
+        // Past the TTL the registry is asked again; it fails, and the last digest is served.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        reg.status.store(503, Ordering::SeqCst);
+        let stale = r.resolve(&image, &hour, soon()).await.unwrap();
+        assert_eq!(stale.digest, DIGEST);
+        assert!(stale.stale_for.is_some());
+        assert_eq!(reg.requests.load(Ordering::SeqCst), 2);
+        // A profile without a stale window gets the error.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let err = r.resolve(&image, &scope(Duration::ZERO), soon()).await;
+        assert!(
+            matches!(err, Err(ResolveError::Status { status: 503, .. })),
+            "{err:?}"
+        );
+        // The last good digest survives the failed refreshes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            r.resolve(&image, &hour, soon())
+                .await
+                .unwrap()
+                .stale_for
+                .is_some()
+        );
+
+        reg.status.store(200, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let back = r.resolve(&image, &hour, soon()).await.unwrap();
+        assert_eq!((back.digest.as_str(), back.stale_for), (DIGEST, None));
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_of_one_tag_make_one_request() {
+        let reg = fake_registry(Duration::from_millis(200)).await;
+        let r = Arc::new(resolver(&reg.host, Duration::from_secs(300)));
+        let image = ImageRef::parse(&format!("{}/shop/web:2.0.0", reg.host)).unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (r, image) = (r.clone(), image.clone());
+            set.spawn(async move { r.resolve(&image, &scope(Duration::ZERO), soon()).await });
+        }
+        while let Some(answer) = set.join_next().await {
+            assert_eq!(answer.unwrap().unwrap().digest, DIGEST);
+        }
+        assert_eq!(reg.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
