@@ -41,6 +41,9 @@ fn reference_parsing(c: &mut Criterion) {
         ("invalid", "Shop/API:1.0.0"),
     ] {
         g.bench_function(name, |b| b.iter(|| ImageRef::parse(black_box(image))));
+        g.bench_function(format!("{name}/uncached"), |b| {
+            b.iter(|| ImageRef::parse_uncached(black_box(image)))
+        });
     }
     g.finish();
 }

@@ -1,7 +1,20 @@
 //! Image references: parsed with oci-spec's `Reference` (the distribution grammar), normalized
 //! to the familiar fully-qualified form, and remembered as the user wrote them.
+//!
+//! oci-spec extracts the parts with a capturing regex search (microseconds per image), and the
+//! same few image strings come back in admission after admission, so valid references are
+//! remembered, parsed, in a small bounded memo shared by all requests.
+
+use std::sync::{Arc, LazyLock};
 
 use oci_client::Reference;
+
+/// How many distinct valid image strings the parse memo keeps (least-used ones leave first).
+const MEMO_CAPACITY: u64 = 4096;
+
+/// Parsed references by the string they were parsed from.
+static MEMO: LazyLock<moka::sync::Cache<String, ImageRef>> =
+    LazyLock::new(|| moka::sync::Cache::new(MEMO_CAPACITY));
 
 /// Why an image string is not a usable reference.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,9 +26,12 @@ pub struct ReferenceError {
     pub reason: String,
 }
 
-/// A parsed image reference together with the user's original spelling.
+/// A parsed image reference together with the user's original spelling (cheap to clone).
 #[derive(Debug, Clone)]
-pub struct ImageRef {
+pub struct ImageRef(Arc<Parsed>);
+
+#[derive(Debug)]
+struct Parsed {
     original: String,
     parsed: Reference,
     explicit_tag: bool,
@@ -24,6 +40,16 @@ pub struct ImageRef {
 impl ImageRef {
     /// Parses an image string as the kubelet would (`nginx` means `docker.io/library/nginx:latest`).
     pub fn parse(image: &str) -> Result<Self, ReferenceError> {
+        if let Some(known) = MEMO.get(image) {
+            return Ok(known);
+        }
+        let parsed = Self::parse_uncached(image)?;
+        MEMO.insert(image.to_owned(), parsed.clone());
+        Ok(parsed)
+    }
+
+    /// Parses an image string with oci-spec every time, bypassing the memo.
+    pub fn parse_uncached(image: &str) -> Result<Self, ReferenceError> {
         let invalid = |reason: String| ReferenceError {
             image: image.to_owned(),
             reason,
@@ -37,32 +63,32 @@ impl ImageRef {
         if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(invalid("repository name must be lowercase".into()));
         }
-        Ok(Self {
+        Ok(Self(Arc::new(Parsed {
             explicit_tag: has_explicit_tag(image),
             original: image.to_owned(),
             parsed,
-        })
+        })))
     }
 
     /// The string as the user wrote it.
     pub fn original(&self) -> &str {
-        &self.original
+        &self.0.original
     }
 
     /// The registry host, normalized (`docker.io` for Docker Hub, also when written `index.docker.io`).
     pub fn registry(&self) -> &str {
-        self.parsed.registry()
+        self.0.parsed.registry()
     }
 
     /// The repository path inside the registry (`library/nginx`).
     pub fn repository(&self) -> &str {
-        self.parsed.repository()
+        self.0.parsed.repository()
     }
 
     /// The tag the user wrote, if any.
     pub fn tag(&self) -> Option<&str> {
-        if self.explicit_tag {
-            self.parsed.tag()
+        if self.0.explicit_tag {
+            self.0.parsed.tag()
         } else {
             None
         }
@@ -70,17 +96,17 @@ impl ImageRef {
 
     /// The tag the runtime will pull: the written one, or `latest` when there is neither tag nor digest.
     pub fn effective_tag(&self) -> Option<&str> {
-        self.parsed.tag()
+        self.0.parsed.tag()
     }
 
     /// The digest (`sha256:…`), if the reference carries one.
     pub fn digest(&self) -> Option<&str> {
-        self.parsed.digest()
+        self.0.parsed.digest()
     }
 
     /// True when the reference names content by digest and so can never move.
     pub fn is_pinned(&self) -> bool {
-        self.parsed.digest().is_some()
+        self.0.parsed.digest().is_some()
     }
 
     /// The fully-qualified form, e.g. `docker.io/library/nginx:1.27` (no implicit `latest`).
@@ -99,7 +125,7 @@ impl ImageRef {
 
     /// The underlying oci-client reference (with the implicit `latest` tag filled in).
     pub fn oci(&self) -> &Reference {
-        &self.parsed
+        &self.0.parsed
     }
 }
 
@@ -193,6 +219,24 @@ mod tests {
     fn rejects_whitespace() {
         assert!(ImageRef::parse(" nginx:1.0").is_err());
         assert!(ImageRef::parse("nginx:1.0\n").is_err());
+    }
+
+    #[test]
+    fn a_repeated_image_string_is_answered_from_the_memo() {
+        let first = ImageRef::parse("registry.example/memo/app:1.2.3").unwrap();
+        let again = ImageRef::parse("registry.example/memo/app:1.2.3").unwrap();
+        assert!(Arc::ptr_eq(&first.0, &again.0));
+        let fresh = ImageRef::parse_uncached("registry.example/memo/app:1.2.3").unwrap();
+        assert!(!Arc::ptr_eq(&first.0, &fresh.0));
+        assert_eq!(again.normalized(), fresh.normalized());
+    }
+
+    #[test]
+    fn an_invalid_string_is_refused_every_time() {
+        for _ in 0..2 {
+            let err = ImageRef::parse("memo/Bad:1").unwrap_err();
+            assert_eq!(err.image, "memo/Bad:1");
+        }
     }
 
     #[test]
