@@ -370,6 +370,28 @@ struct WebhookState {
     bundles: Vec<(String, Option<Vec<u8>>)>,
 }
 
+impl WebhookState {
+    /// From a configuration's resourceVersion and webhooks (each webhook's name and caBundle).
+    fn new<W>(
+        resource_version: Option<String>,
+        webhooks: Option<Vec<W>>,
+        parts: impl Fn(&W) -> (&String, &Option<ByteString>),
+    ) -> Self {
+        let bundles = webhooks
+            .unwrap_or_default()
+            .iter()
+            .map(|w| {
+                let (name, bundle) = parts(w);
+                (name.clone(), bundle.as_ref().map(|b| b.0.clone()))
+            })
+            .collect();
+        Self {
+            resource_version,
+            bundles,
+        }
+    }
+}
+
 /// Keeps pinhook's certificate Secret and its webhooks' `caBundle` in order.
 #[derive(Clone)]
 pub struct Bootstrap {
@@ -564,38 +586,17 @@ impl Bootstrap {
             object: format!("{} {name}", kind.name()),
             reason: describe(&e),
         };
-        let bundle = |b: &Option<ByteString>| b.as_ref().map(|b| b.0.clone());
         Ok(match kind {
-            WebhookKind::Mutating => {
-                self.mutating
-                    .get_opt(name)
-                    .await
-                    .map_err(err)?
-                    .map(|c| WebhookState {
-                        resource_version: c.metadata.resource_version,
-                        bundles: c
-                            .webhooks
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|w| (w.name.clone(), bundle(&w.client_config.ca_bundle)))
-                            .collect(),
-                    })
-            }
-            WebhookKind::Validating => {
-                self.validating
-                    .get_opt(name)
-                    .await
-                    .map_err(err)?
-                    .map(|c| WebhookState {
-                        resource_version: c.metadata.resource_version,
-                        bundles: c
-                            .webhooks
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|w| (w.name.clone(), bundle(&w.client_config.ca_bundle)))
-                            .collect(),
-                    })
-            }
+            WebhookKind::Mutating => self.mutating.get_opt(name).await.map_err(err)?.map(|c| {
+                WebhookState::new(c.metadata.resource_version, c.webhooks, |w| {
+                    (&w.name, &w.client_config.ca_bundle)
+                })
+            }),
+            WebhookKind::Validating => self.validating.get_opt(name).await.map_err(err)?.map(|c| {
+                WebhookState::new(c.metadata.resource_version, c.webhooks, |w| {
+                    (&w.name, &w.client_config.ca_bundle)
+                })
+            }),
         })
     }
 

@@ -471,26 +471,28 @@ fn watch_certificate(
             let loaded = snapshot.map_err(|e| e.to_string()).and_then(|files| {
                 tls::from_pem(&files[0], &files[1], &cert, &key).map_err(|e| e.to_string())
             });
-            let metrics = state.metrics();
             match loaded {
                 Ok(server_config) => {
                     config.reload_from_config(server_config);
-                    metrics
-                        .tls_reloads
-                        .get_or_create(&ReloadLabels { result: "success" })
-                        .inc();
+                    count_tls_reload(&state, "success");
                     tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
                 }
                 Err(error) => {
-                    metrics
-                        .tls_reloads
-                        .get_or_create(&ReloadLabels { result: "failure" })
-                        .inc();
+                    count_tls_reload(&state, "failure");
                     tracing::error!(cert = %cert.display(), %error, "TLS certificate reload refused; the previous certificate stays in use");
                 }
             }
         }
     });
+}
+
+/// Counts one certificate reload (`success` or `failure`) on `pinhook_tls_reloads_total`.
+fn count_tls_reload(state: &AppState, result: &'static str) {
+    state
+        .metrics()
+        .tls_reloads
+        .get_or_create(&ReloadLabels { result })
+        .inc();
 }
 
 /// Where the serving certificate comes from.
@@ -575,22 +577,15 @@ fn watch_bootstrap(
             if synced.material.cert_pem == served.cert_pem {
                 continue;
             }
-            let metrics = state.metrics();
             match bootstrap_config(&bootstrap, &synced.material) {
                 Ok(server_config) => {
                     config.reload_from_config(server_config);
-                    metrics
-                        .tls_reloads
-                        .get_or_create(&ReloadLabels { result: "success" })
-                        .inc();
+                    count_tls_reload(&state, "success");
                     tracing::info!(secret = %bootstrap.settings().secret_ref(), not_after = %synced.material.not_after, "TLS certificate rotated");
                     served = synced.material;
                 }
                 Err(error) => {
-                    metrics
-                        .tls_reloads
-                        .get_or_create(&ReloadLabels { result: "failure" })
-                        .inc();
+                    count_tls_reload(&state, "failure");
                     tracing::error!(%error, "bootstrap certificate refused; the previous certificate stays in use");
                 }
             }
