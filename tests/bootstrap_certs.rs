@@ -567,14 +567,7 @@ fn without_the_namespaced_role_the_bootstrap_fails_and_names_the_refused_call() 
         r
     });
     let (args, env) = chart_flags(&[]);
-    let out = Command::new(common::binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
+    let out = common::serve_command()
         .args(&args)
         .envs(env)
         .env("KUBECONFIG", c.kubeconfig())

@@ -205,14 +205,7 @@ fn invalid_policy_at_startup_exits_nonzero_naming_file_line_and_key() {
         "mode: enforce\nrules:\n  - namespaces: [a]\n    mdoe: warn\n",
     )
     .unwrap();
-    let out = Command::new(common::binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
+    let out = common::serve_command()
         .arg("--tls-cert")
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key")

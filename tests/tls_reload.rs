@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Http, Pinhook, client_for, fixture};
@@ -126,14 +126,7 @@ async fn unusable_certificate_on_disk_keeps_the_old_one() {
 
 #[test]
 fn startup_fails_naming_an_unreadable_certificate() {
-    let out = Command::new(common::binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
+    let out = common::serve_command()
         .args([
             "--tls-cert",
             "/nonexistent/tls.crt",

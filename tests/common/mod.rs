@@ -87,6 +87,19 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pinhook"))
 }
 
+/// `pinhook serve` on ephemeral loopback ports (both listeners); the caller adds the rest.
+pub fn serve_command() -> std::process::Command {
+    let mut c = std::process::Command::new(binary());
+    c.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    c
+}
+
 fn spawn_reader<R: std::io::Read + Send + 'static>(r: R, sink: Arc<Mutex<Vec<String>>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
