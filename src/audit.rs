@@ -1,5 +1,5 @@
 //! The audit trail: one JSON line per request with findings, emitted through tracing on the
-//! `pinhook::audit` target and written verbatim to stdout by [`AuditLayer`].
+//! `pinhook::audit` target and written verbatim, one write per line, by [`AuditLayer`].
 
 use std::io::Write;
 
@@ -9,6 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{Filtered, Targets};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 
 use crate::admission::{Decision, Outcome};
@@ -257,49 +258,62 @@ pub fn record(decision: &Decision, info: &RequestInfo) {
     }
 }
 
-/// A tracing layer that writes the `line` field of audit events to stdout, unchanged.
+/// A tracing layer that writes the `line` field of audit events, unchanged, to its writer.
 ///
 /// Install it with [`layer`], which filters it to the audit target: a layer without a filter
 /// is interested in every callsite, which keeps every `trace!` and `debug!` of the HTTP stack
 /// enabled (and every span allocated) on every request, even when nothing is logged.
-#[derive(Debug, Default)]
-pub struct AuditLayer;
-
-/// [`AuditLayer`], interested only in `INFO` events on [`TARGET`].
-pub fn layer<S>() -> Filtered<AuditLayer, Targets, S>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    AuditLayer.with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO))
+#[derive(Debug)]
+pub struct AuditLayer<W> {
+    make_writer: W,
 }
 
-/// Writes the `line` field, and a newline, to stdout in one write.
-struct LineWriter;
+/// [`AuditLayer`] writing to `make_writer`, interested only in `INFO` events on [`TARGET`].
+pub fn layer<S, W>(make_writer: W) -> Filtered<AuditLayer<W>, Targets, S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    AuditLayer { make_writer }.with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO))
+}
 
-impl Visit for LineWriter {
+/// Collects the `line` field of an audit event, newline included.
+#[derive(Default)]
+struct LineField(Option<String>);
+
+impl Visit for LineField {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "line" {
-            write_line(value);
+            let mut line = String::with_capacity(value.len() + 1);
+            line.push_str(value);
+            line.push('\n');
+            self.0 = Some(line);
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "line" {
-            write_line(&format!("{value:?}"));
+            self.0 = Some(format!("{value:?}\n"));
         }
     }
 }
 
-fn write_line(line: &str) {
-    // Stdout is line-buffered: the newline flushes the line as one write.
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.write_all(b"\n");
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditLayer {
+impl<S, W> tracing_subscriber::Layer<S> for AuditLayer<W>
+where
+    S: tracing::Subscriber,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() == TARGET {
-            event.record(&mut LineWriter);
+        if event.metadata().target() != TARGET {
+            return;
+        }
+        let mut field = LineField::default();
+        event.record(&mut field);
+        if let Some(line) = field.0 {
+            // One write per line: a writer shared with other threads never interleaves two
+            // records, and a queueing writer queues the record whole.
+            if let Err(e) = self.make_writer.make_writer().write_all(line.as_bytes()) {
+                eprintln!("pinhook: cannot write an audit line: {e}");
+            }
         }
     }
 }

@@ -6,15 +6,21 @@ use anyhow::Context;
 use clap::Parser;
 use pinhook::config::{CertArgs, CheckArgs, Cli, Command, LogFormat, ResolveCmdArgs};
 use pinhook::{audit, certs, check, policy::Policy, server};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli) {
-        eprintln!("pinhook: {e:#}");
-        return ExitCode::from(2);
-    }
+    // Held to the end of main: dropping it writes out the lines still queued.
+    let _log_guard = match init_logging(&cli) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("pinhook: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => return check(&args),
@@ -31,31 +37,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// Log lines `serve` queues ahead of a slow stdout reader before a request waits for it
+/// (audit records are about 0.5 KiB, so at most ~8 MiB).
+const LOG_QUEUE_LINES: usize = 16_384;
+
 /// Logs to stdout (stderr for the CLI subcommands), JSON by default; audit lines always pass.
-fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+///
+/// `serve` writes through a queue drained by its own thread, so a slow log reader does not
+/// hold a request while the queue has room, and no line is dropped: when the queue is full a
+/// request waits. The returned guard writes out what is queued when dropped.
+fn init_logging(cli: &Cli) -> anyhow::Result<Option<WorkerGuard>> {
     let filter = EnvFilter::try_new(format!("{},{}=off", cli.log_level, audit::TARGET))
         .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?;
-    let to_stderr = !matches!(cli.command, Command::Serve(_));
-    let fmt = match (cli.log_format, to_stderr) {
-        (LogFormat::Json, false) => tracing_subscriber::fmt::layer()
+    if matches!(cli.command, Command::Serve(_)) {
+        let (stdout, guard) = NonBlockingBuilder::default()
+            .lossy(false)
+            .buffered_lines_limit(LOG_QUEUE_LINES)
+            .thread_name("pinhook-log")
+            .finish(std::io::stdout());
+        install_logging(cli.log_format, filter, stdout.clone(), stdout)?;
+        Ok(Some(guard))
+    } else {
+        install_logging(cli.log_format, filter, std::io::stderr, std::io::stdout)?;
+        Ok(None)
+    }
+}
+
+/// Installs the log layer (filtered, to `logs`) and the audit layer (to `audit_out`).
+fn install_logging<L, A>(
+    format: LogFormat,
+    filter: EnvFilter,
+    logs: L,
+    audit_out: A,
+) -> anyhow::Result<()>
+where
+    L: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    A: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_writer(logs)
             .boxed(),
-        (LogFormat::Json, true) => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_writer(std::io::stderr)
-            .boxed(),
-        (LogFormat::Text, false) => tracing_subscriber::fmt::layer().boxed(),
-        (LogFormat::Text, true) => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(logs).boxed(),
     };
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(audit::layer())
+        .with(audit::layer(audit_out))
         .try_init()
         .context("cannot install the log subscriber")
 }

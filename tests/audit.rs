@@ -193,3 +193,62 @@ async fn audit_line_never_contains_env_values() {
         .collect();
     assert!(leaks.is_empty(), "{leaks:#?}");
 }
+
+/// A log reader that stops reading (a stuck log shipper, a full pipe) holds no admission: the
+/// records queue in the server, far beyond the 64 KiB a pipe holds, and every one of them is
+/// written, whole and once, when stdout is read again.
+#[tokio::test]
+async fn a_stalled_stdout_reader_holds_no_admission_and_loses_no_audit_line() {
+    const N: usize = 600;
+    let mut server = Pinhook::start_with(Options {
+        hold_stdout: true,
+        ..Default::default()
+    });
+    let client = server.client(Http::V2);
+    let url = server.url("/validate?timeout=10s");
+    let review = fixture("pod_mutable_latest_tag");
+    for i in 0..N {
+        let mut r = review.clone();
+        r["request"]["uid"] = json!(format!("stalled-reader-{i:04}"));
+        let sent =
+            tokio::time::timeout(Duration::from_secs(10), client.post(&url).json(&r).send()).await;
+        let resp = sent
+            .unwrap_or_else(|_| panic!("admission {i} waited 10 s for the log reader"))
+            .expect("request");
+        assert_eq!(resp.status(), 200, "admission {i}");
+    }
+
+    server.read_stdout();
+    let last = format!("stalled-reader-{:04}", N - 1);
+    server.wait_for_line(Duration::from_secs(20), |v| v["uid"] == last);
+    let lines: Vec<String> = server
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("stalled-reader-"))
+        .collect();
+    let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+    assert!(
+        bytes > 128 * 1024,
+        "the records ({bytes} bytes) must overflow a pipe for this test to mean anything"
+    );
+    let uids: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert_eq!(v["event"], "admission.denied", "{l}");
+            v["uid"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("stalled-reader-{i:04}")).collect();
+    assert_eq!(uids, expected, "every record once, in order");
+
+    // Waited for off the runtime, which must stay free to close the client's connection
+    // when the server's graceful shutdown asks it to.
+    let status = tokio::task::spawn_blocking(move || {
+        server.sigterm();
+        server.wait_exit(Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -39,6 +39,9 @@ pub struct Options {
     /// Passes no `--tls-cert`/`--tls-key`: the server gets its certificate another way (e.g.
     /// `--bootstrap-secret`); `ca_pem` is then a CA the server does not use.
     pub no_cert_files: bool,
+    /// Stops reading the server's stdout once it reports that it is serving, until
+    /// [`Pinhook::read_stdout`]: stands for a log reader that has stalled.
+    pub hold_stdout: bool,
 }
 
 /// A running `pinhook serve`.
@@ -54,6 +57,8 @@ pub struct Pinhook {
     pub dir: tempfile::TempDir,
     lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Releases the held stdout reader (see [`Options::hold_stdout`]); dropping it does too.
+    stdout_gate: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Loads `tests/fixtures/NAME.json`.
@@ -100,11 +105,22 @@ pub fn serve_command() -> std::process::Command {
     c
 }
 
-fn spawn_reader<R: std::io::Read + Send + 'static>(r: R, sink: Arc<Mutex<Vec<String>>>) {
+/// Reads `r` line by line into `sink`; with a `gate`, stops after the "pinhook serving" line
+/// until the gate opens (a message, or its sender dropped).
+fn spawn_reader<R: std::io::Read + Send + 'static>(
+    r: R,
+    sink: Arc<Mutex<Vec<String>>>,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+) {
     std::thread::spawn(move || {
+        let mut gate = gate;
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
+            let serving = line.contains("\"pinhook serving\"");
             sink.lock().unwrap().push(line);
+            if serving && let Some(g) = gate.take() {
+                let _ = g.recv();
+            }
         }
     });
 }
@@ -152,8 +168,14 @@ impl Pinhook {
         let mut child = cmd.spawn().expect("spawn pinhook");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        spawn_reader(child.stdout.take().unwrap(), lines.clone());
-        spawn_reader(child.stderr.take().unwrap(), stderr.clone());
+        let (stdout_gate, gate) = if opts.hold_stdout {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        spawn_reader(child.stdout.take().unwrap(), lines.clone(), gate);
+        spawn_reader(child.stderr.take().unwrap(), stderr.clone(), None);
         let started = Instant::now();
         loop {
             let serving = lines
@@ -173,6 +195,7 @@ impl Pinhook {
                     dir,
                     lines,
                     stderr,
+                    stdout_gate,
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -188,6 +211,13 @@ impl Pinhook {
                 lines.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Resumes reading stdout after [`Options::hold_stdout`].
+    pub fn read_stdout(&mut self) {
+        if let Some(gate) = self.stdout_gate.take() {
+            let _ = gate.send(());
         }
     }
 
