@@ -1026,10 +1026,17 @@ impl Bench {
                 };
                 tls(&mut args);
                 if which == "pinhook" {
-                    p_cmd = format!("{} {}", program.display(), args.join(" "));
+                    p_cmd = format!(
+                        "{}{} {}",
+                        Pinning::prefix(self.pin.server),
+                        program.display(),
+                        args.join(" ")
+                    );
                 }
+                // On the servers' CPU like every other server here: left on the harness's CPU,
+                // the server would share it with the poller below.
                 let t0 = Instant::now();
-                let mut child = std::process::Command::new(&program)
+                let mut child = Pinning::command(self.pin.server, &program)
                     .args(&args)
                     .env_remove("KUBECONFIG")
                     .stdin(std::process::Stdio::null())
