@@ -93,8 +93,8 @@ pub fn binary() -> PathBuf {
 }
 
 /// `pinhook serve` on ephemeral loopback ports (both listeners); the caller adds the rest.
-pub fn serve_command() -> std::process::Command {
-    let mut c = std::process::Command::new(binary());
+pub fn serve_command() -> Command {
+    let mut c = Command::new(binary());
     c.args([
         "serve",
         "--listen",
@@ -136,16 +136,8 @@ impl Pinhook {
         init_crypto();
         let dir = tempfile::tempdir().unwrap();
         let ca_pem = write_certs(dir.path());
-        let mut cmd = Command::new(binary());
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--reload-interval",
-            "100ms",
-        ]);
+        let mut cmd = serve_command();
+        cmd.args(["--reload-interval", "100ms"]);
         if !opts.no_cert_files {
             cmd.arg("--tls-cert")
                 .arg(dir.path().join("tls.crt"))
