@@ -696,22 +696,9 @@ impl Bench {
         let client = client_for(&self.ca_pem, Http::V2);
         let registry_client = client_for(&lab.registry.ca_pem().unwrap(), Http::V2);
         let url = pinhook.url("/mutate?timeout=10s");
-        let head = |tag: &str| {
-            let u = format!("https://{}/v2/{REPO}/manifests/{tag}", lab.proxy.host());
-            self.rt.block_on(async {
-                let t0 = Instant::now();
-                let resp = registry_client
-                    .head(&u)
-                    .header("accept", MANIFEST_ACCEPT)
-                    .send()
-                    .await
-                    .expect("HEAD through the proxy");
-                assert!(resp.status().is_success(), "HEAD {u}: {}", resp.status());
-                t0.elapsed()
-            })
-        };
-        // Five HEADs at once on the harness's connection: what the registry and proxy need to
-        // answer five tags, whoever asks (the floor under 3b).
+        // HEADs of `tags` sent at once on the harness's connection. One is the registry round
+        // trip (3a's baseline); five are what the registry and proxy need to answer five tags,
+        // whoever asks (the floor under 3b).
         let heads = |tags: &[String]| {
             self.rt.block_on(async {
                 let t0 = Instant::now();
@@ -741,7 +728,7 @@ impl Bench {
             t
         };
         // Warm the connections (TCP + TLS through the proxy) on both sides first.
-        head("cold-warm-rtt");
+        heads(&["cold-warm-rtt".into()]);
         admit_new(&["cold-warm-1".into()]);
         admit_new(
             &(0..5)
@@ -751,7 +738,7 @@ impl Bench {
         let (mut rtt, mut one, mut five) = (Vec::new(), Vec::new(), Vec::new());
         let mut five_heads = Vec::new();
         for i in 0..COLD_SAMPLES {
-            rtt.push(head(&format!("rtt-{i}")).as_secs_f64() * 1e3);
+            rtt.push(heads(&[format!("rtt-{i}")]).as_secs_f64() * 1e3);
             five_heads.push(
                 heads(&(0..5).map(|j| format!("rtt5-{i}-{j}")).collect::<Vec<_>>()).as_secs_f64()
                     * 1e3,
