@@ -105,18 +105,20 @@ pub fn serve_command() -> Command {
     c
 }
 
-/// Reads `r` line by line into `sink`; with a `gate`, stops after the "pinhook serving" line
-/// until the gate opens (a message, or its sender dropped).
+/// The `message` of the log line `pinhook serve` writes once both listeners are bound.
+const SERVING_MESSAGE: &str = "pinhook serving";
+
+/// Reads `r` line by line into `sink`; with a `gate`, stops after the [`SERVING_MESSAGE`]
+/// line until the gate opens (a message, or its sender dropped).
 fn spawn_reader<R: std::io::Read + Send + 'static>(
     r: R,
     sink: Arc<Mutex<Vec<String>>>,
-    gate: Option<std::sync::mpsc::Receiver<()>>,
+    mut gate: Option<std::sync::mpsc::Receiver<()>>,
 ) {
     std::thread::spawn(move || {
-        let mut gate = gate;
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
-            let serving = line.contains("\"pinhook serving\"");
+            let serving = line.contains(SERVING_MESSAGE);
             sink.lock().unwrap().push(line);
             if serving && let Some(g) = gate.take() {
                 let _ = g.recv();
@@ -160,12 +162,7 @@ impl Pinhook {
         let mut child = cmd.spawn().expect("spawn pinhook");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (stdout_gate, gate) = if opts.hold_stdout {
-            let (tx, rx) = std::sync::mpsc::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        let (stdout_gate, gate) = opts.hold_stdout.then(std::sync::mpsc::channel).unzip();
         spawn_reader(child.stdout.take().unwrap(), lines.clone(), gate);
         spawn_reader(child.stderr.take().unwrap(), stderr.clone(), None);
         let started = Instant::now();
@@ -175,7 +172,7 @@ impl Pinhook {
                 .unwrap()
                 .iter()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|v| v["message"] == "pinhook serving");
+                .find(|v| v["message"] == SERVING_MESSAGE);
             if let Some(v) = serving {
                 let addr = v["listen"].as_str().unwrap().parse().unwrap();
                 let ops = v["metrics_listen"].as_str().unwrap().parse().unwrap();
