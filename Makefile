@@ -3,7 +3,7 @@ CARGO ?= cargo
 # Python with the packaging tools (Helm renderer, kubernetes-validate, hadolint).
 TOOLS_PY := .tools/venv/bin/python
 
-.PHONY: all build demo test test-deps fmt-check clippy unit bench bench-deps bench-core profile \
+.PHONY: all build cluster cluster-check demo test test-deps fmt-check clippy unit bench bench-deps bench-core profile \
 	packaging-deps packaging-check static image-check dockerfile-lint manifests chart-check
 
 all: build
@@ -15,9 +15,20 @@ build:
 demo: test-deps build
 	scripts/demo.sh
 
-## Everything CI checks: formatting, lints, packaging, unit and integration tests.
-test: test-deps fmt-check clippy packaging-check
+## Everything CI checks: formatting, lints, packaging, the Go test harness, unit, integration
+## and end-to-end tests (a real control plane: tests/cluster).
+test: test-deps fmt-check clippy packaging-check cluster-check
 	$(CARGO) test --locked --all-targets
+
+## The test control plane (tests/cluster): kube-apiserver, kube-controller-manager and etcd of
+## the Kubernetes release in tests/cluster/go.mod, and its kubectl, into tests/cluster/bin/.
+cluster:
+	scripts/build-cluster.sh
+
+## gofmt and go vet on the test control plane, then build it.
+cluster-check: cluster
+	@test -z "$$(gofmt -l tests/cluster)" || { echo "gofmt: $$(gofmt -l tests/cluster)" >&2; exit 1; }
+	cd tests/cluster && go vet ./...
 
 test-deps: packaging-deps
 	scripts/install-test-deps.sh
