@@ -98,6 +98,8 @@ pub struct Settings {
     pub mutating_webhook: Option<String>,
     /// The ValidatingWebhookConfiguration to patch, if any.
     pub validating_webhook: Option<String>,
+    /// Names the certificate carries besides [`Settings::dns_name`] (DNS names or IPs).
+    pub extra_names: Vec<String>,
     /// Validity of a serving certificate.
     pub cert_validity: Duration,
     /// Validity of a CA.
@@ -125,6 +127,12 @@ impl Settings {
             service: need(&args.service_name, "--service-name")?,
             mutating_webhook: args.bootstrap_mutating_webhook.clone(),
             validating_webhook: args.bootstrap_validating_webhook.clone(),
+            extra_names: args
+                .bootstrap_extra_names
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
             cert_validity: args.bootstrap_cert_validity,
             ca_validity: args.bootstrap_ca_validity,
             renew_before: args.bootstrap_renew_before,
@@ -153,6 +161,17 @@ impl Settings {
     /// The name the API server checks: `SERVICE.NAMESPACE.svc`.
     pub fn dns_name(&self) -> String {
         format!("{}.{}.svc", self.service, self.namespace)
+    }
+
+    /// Every name of the serving certificate: [`Settings::dns_name`] first, then the extra ones.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = vec![self.dns_name()];
+        for n in &self.extra_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        names
     }
 
     /// `NAMESPACE/SECRET`, for messages.
@@ -206,6 +225,7 @@ fn plan(
     let renew_before = time::Duration::try_from(s.renew_before).unwrap_or(time::Duration::MAX);
     let ca_validity = time::Duration::try_from(s.ca_validity).unwrap_or(time::Duration::MAX);
     let dns_name = s.dns_name();
+    let names = s.names();
     let previous: Vec<CertInfo> = stored
         .get(CA_BUNDLE)
         .and_then(|b| CertInfo::parse_bundle(b).ok())
@@ -235,7 +255,7 @@ fn plan(
     let mut retiring = Vec::new();
     let (ca, leaf) = match stored_ca {
         Some(ca) => {
-            let leaf = usable_leaf(stored, &ca, &dns_name, now, renew_before, &mut reasons);
+            let leaf = usable_leaf(stored, &ca, &names, now, renew_before, &mut reasons);
             (ca, leaf)
         }
         None => {
@@ -279,7 +299,7 @@ fn plan(
     }
     let (cert_pem, key_pem) = match leaf {
         Some((c, k, _)) => (c, k),
-        None => ca.issue_at(std::slice::from_ref(&dns_name), now, cert_validity)?,
+        None => ca.issue_at(&names, now, cert_validity)?,
     };
     let data = BTreeMap::from([
         (TLS_CRT.to_owned(), cert_pem),
@@ -295,7 +315,7 @@ fn plan(
 fn usable_leaf(
     stored: &BTreeMap<String, String>,
     ca: &Authority,
-    dns_name: &str,
+    names: &[String],
     now: OffsetDateTime,
     renew_before: time::Duration,
     reasons: &mut Vec<String>,
@@ -311,10 +331,10 @@ fn usable_leaf(
                 Some("tls.key does not belong to tls.crt".into())
             } else if !leaf.signed_by(&root) {
                 Some("the serving certificate is not signed by the stored CA".into())
-            } else if !leaf.dns_names.iter().any(|n| n == dns_name) {
+            } else if let Some(missing) = names.iter().find(|n| !leaf.names.contains(n)) {
                 Some(format!(
-                    "the serving certificate is for {:?}, not {dns_name}",
-                    leaf.dns_names
+                    "the serving certificate is for {:?}, not {missing}",
+                    leaf.names
                 ))
             } else if leaf.not_before > now {
                 Some(format!(
@@ -673,6 +693,7 @@ mod tests {
             service: "pinhook".into(),
             mutating_webhook: Some("pinhook".into()),
             validating_webhook: Some("pinhook".into()),
+            extra_names: Vec::new(),
             cert_validity: 90 * DAY,
             ca_validity: 3650 * DAY,
             renew_before: 30 * DAY,
@@ -704,13 +725,30 @@ mod tests {
         assert!(reason.contains("no CA yet"), "{reason}");
         let leaf = CertInfo::parse(&data[TLS_CRT]).unwrap();
         let ca = CertInfo::parse(&data[CA_CRT]).unwrap();
-        assert_eq!(leaf.dns_names, ["pinhook.pinhook.svc"]);
+        assert_eq!(leaf.names, ["pinhook.pinhook.svc"]);
         assert!(leaf.signed_by(&ca) && key_matches(&leaf, &data[TLS_KEY]));
         assert_eq!(CertInfo::parse_bundle(&data[CA_BUNDLE]).unwrap(), [ca]);
         // What was just written is kept as it is.
         let m = keep(plan(&data, &settings(), now()).unwrap());
         assert_eq!(m.cert_pem, data[TLS_CRT]);
         assert_eq!(m.ca_bundle_pem, data[CA_BUNDLE]);
+    }
+
+    #[test]
+    fn extra_names_are_in_the_certificate_and_a_stored_one_without_them_is_replaced() {
+        let (data, _) = write(plan(&BTreeMap::new(), &settings(), now()).unwrap());
+        let mut s = settings();
+        s.extra_names = vec!["127.0.0.1".into(), "pinhook.example".into()];
+        let (renewed, reason) = write(plan(&data, &s, now()).unwrap());
+        assert!(reason.contains("not 127.0.0.1"), "{reason}");
+        let mut names = CertInfo::parse(&renewed[TLS_CRT]).unwrap().names;
+        names.sort();
+        assert_eq!(
+            names,
+            ["127.0.0.1", "pinhook.example", "pinhook.pinhook.svc"]
+        );
+        assert_eq!(renewed[CA_CRT], data[CA_CRT]);
+        keep(plan(&renewed, &s, now()).unwrap());
     }
 
     #[test]

@@ -193,8 +193,8 @@ pub struct CertInfo {
     pub not_before: OffsetDateTime,
     /// End of validity.
     pub not_after: OffsetDateTime,
-    /// The DNS names of the subjectAltName extension.
-    pub dns_names: Vec<String>,
+    /// The DNS names and IP addresses of the subjectAltName extension, as text.
+    pub names: Vec<String>,
     /// Whether basicConstraints says CA.
     pub is_ca: bool,
     /// The DER SubjectPublicKeyInfo.
@@ -230,7 +230,7 @@ impl CertInfo {
         let time = |t: x509_parser::time::ASN1Time| {
             OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|e| e.to_string())
         };
-        let dns_names = cert
+        let names = cert
             .subject_alternative_name()
             .map_err(|e| format!("unreadable subjectAltName: {e}"))?
             .map(|san| {
@@ -239,6 +239,7 @@ impl CertInfo {
                     .iter()
                     .filter_map(|n| match n {
                         GeneralName::DNSName(d) => Some((*d).to_owned()),
+                        GeneralName::IPAddress(b) => ip_text(b),
                         _ => None,
                     })
                     .collect()
@@ -247,7 +248,7 @@ impl CertInfo {
         Ok(Self {
             not_before: time(cert.validity().not_before)?,
             not_after: time(cert.validity().not_after)?,
-            dns_names,
+            names,
             is_ca: cert.is_ca(),
             public_key_der: cert.public_key().raw.to_vec(),
             der: der.to_vec(),
@@ -263,6 +264,19 @@ impl CertInfo {
             return false;
         };
         cert.verify_signature(Some(ca.public_key())).is_ok()
+    }
+}
+
+/// An IP address SAN (4 or 16 bytes) as text.
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::Ipv4Addr::from(b).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+        _ => None,
     }
 }
 
@@ -338,7 +352,7 @@ mod tests {
         let root = CertInfo::parse(ca.cert_pem()).unwrap();
         assert!(leaf.signed_by(&root));
         assert!(key_matches(&leaf, &key));
-        assert_eq!(leaf.dns_names, ["svc.ns.svc"]);
+        assert_eq!(leaf.names, ["svc.ns.svc"]);
         assert!(!leaf.is_ca && root.is_ca);
         let other = Authority::generate("other", Duration::days(1)).unwrap();
         assert!(!leaf.signed_by(&CertInfo::parse(other.cert_pem()).unwrap()));

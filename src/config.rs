@@ -196,6 +196,15 @@ pub struct BootstrapArgs {
     /// Namespace of that Service and of the Secret: pinhook's own.
     #[arg(long, env = "PINHOOK_SERVICE_NAMESPACE", requires = "bootstrap_secret")]
     pub service_namespace: Option<String>,
+    /// More names for the serving certificate besides SERVICE.NAMESPACE.svc (DNS names or IP
+    /// addresses, comma-separated): the host of an out-of-cluster webhook URL.
+    #[arg(
+        long,
+        env = "PINHOOK_BOOTSTRAP_EXTRA_NAMES",
+        value_delimiter = ',',
+        requires = "bootstrap_secret"
+    )]
+    pub bootstrap_extra_names: Vec<String>,
     /// Validity of each serving certificate.
     #[arg(long, env = "PINHOOK_BOOTSTRAP_CERT_VALIDITY", default_value = "2160h", value_parser = parse_duration)]
     pub bootstrap_cert_validity: Duration,

@@ -261,7 +261,7 @@ async fn a_fresh_start_creates_the_secret_and_patches_both_ca_bundles() {
     assert_eq!(c.ca_bundle(VALIDATING).as_deref(), Some(bundle.as_str()));
     assert_eq!(c.ca_bundle(MUTATING).as_deref(), Some(bundle.as_str()));
     let leaf = CertInfo::parse(&c.secret_text("tls.crt")).unwrap();
-    assert_eq!(leaf.dns_names, [DNS_NAME]);
+    assert_eq!(leaf.names, [DNS_NAME]);
 
     // The API server's view: trust only the caBundle, call SERVICE.NAMESPACE.svc.
     let webhook_bundle = c.ca_bundle(VALIDATING).unwrap();

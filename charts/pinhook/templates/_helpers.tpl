@@ -65,15 +65,23 @@ failurePolicy: {{ $.Values.webhook.failurePolicy }}
 matchPolicy: Equivalent
 timeoutSeconds: {{ $.Values.webhook.timeoutSeconds }}
 clientConfig:
+  {{- if $.Values.webhook.url }}
+  url: {{ printf "%s%s" (trimSuffix "/" $.Values.webhook.url) $path | quote }}
+  {{- else }}
   service:
     name: {{ include "pinhook.fullname" $ }}
     namespace: {{ $.Release.Namespace }}
     path: {{ $path }}
     port: {{ $.Values.service.port }}
+  {{- end }}
   {{- if eq $.Values.certificates.mode "secret" }}
   caBundle: {{ required "certificates.secret.caBundle is required when certificates.mode is secret" $.Values.certificates.secret.caBundle }}
   {{- end }}
 namespaceSelector:
+  {{- with $.Values.webhook.namespaceLabels }}
+  matchLabels:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   matchExpressions:
     # pinhook's own namespace and kube-system are always excluded, so neither pinhook nor the
     # control plane can be locked out by pinhook being down.
