@@ -196,7 +196,7 @@ fn resolve(args: &ResolveCmdArgs) -> ExitCode {
             continue;
         }
         let deadline = std::time::Instant::now() + args.registry.registry_timeout * 3;
-        match runtime.block_on(resolver.resolve(&reference, &scope, deadline)) {
+        match runtime.block_on(resolver.resolve(&reference, &scope, deadline, false)) {
             Ok(r) => println!(
                 "{}",
                 pinhook::pin::pinned_reference(image, &r.digest, profile.keep_tag)

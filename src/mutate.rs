@@ -82,7 +82,10 @@ impl Pinner {
                 return None;
             }
         };
-        let scope = if targets.iter().any(|t| t.source == Source::Resolve) {
+        let scope = if targets
+            .iter()
+            .any(|t| matches!(t.source, Source::Resolve | Source::Refresh))
+        {
             Scope {
                 keyring: self
                     .keyring(kind, &decision.object.namespace, &object.data)
@@ -167,7 +170,12 @@ async fn resolve_one(
     let remaining = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(
         remaining,
-        resolver.resolve(&target.reference, scope, deadline),
+        resolver.resolve(
+            &target.reference,
+            scope,
+            deadline,
+            target.source == Source::Refresh,
+        ),
     )
     .await
     {

@@ -31,6 +31,8 @@ pub const REFRESH_ANNOTATION: &str = "pinhook.dev/refresh";
 pub enum Source {
     /// Ask the registry (or the cache).
     Resolve,
+    /// Ask the registry, not the cache: `pinhook.dev/refresh` changed.
+    Refresh,
     /// Keep the digest `oldObject` already had for the same `name:tag`.
     Reuse(String),
 }
@@ -138,6 +140,7 @@ pub fn plan(
                 Some((name_tag, digest)) if name_tag == image => Source::Reuse(digest.to_owned()),
                 _ => Source::Resolve,
             },
+            _ if refresh => Source::Refresh,
             _ => Source::Resolve,
         };
         targets.push(Target {
@@ -493,7 +496,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.len(), 2);
-        assert!(t.iter().all(|t| t.source == Source::Resolve));
+        assert!(t.iter().all(|t| t.source == Source::Refresh));
     }
 
     #[test]

@@ -336,13 +336,16 @@ impl Resolver {
     }
 
     /// Resolves `image`'s tag before `deadline`; concurrent calls for the same image and
-    /// credentials share one registry lookup.
+    /// credentials share one registry lookup. With `fresh`, a cached answer counts only if it
+    /// was obtained after this call began (`pinhook.dev/refresh`).
     pub async fn resolve(
         &self,
         image: &ImageRef,
         scope: &Scope,
         deadline: Instant,
+        fresh: bool,
     ) -> Result<Resolved, ResolveError> {
+        let called = Instant::now();
         let tag = image
             .tag()
             .or(image.effective_tag())
@@ -375,7 +378,7 @@ impl Resolver {
         .into();
         // The hot path: a fresh answer, without taking the key's lock.
         let cached = match self.cache.get(&key).await {
-            Some(c) if c.is_fresh(self.ttl, self.negative_ttl) => Some(c),
+            Some(c) if !fresh && c.is_fresh(self.ttl, self.negative_ttl) => Some(c),
             _ => None,
         };
         let (entry, label) = match cached {
@@ -391,10 +394,9 @@ impl Resolver {
                     .entry_by_ref(&key)
                     .and_compute_with(|current| async move {
                         let previous = current.map(|e| e.into_value());
-                        if previous
-                            .as_ref()
-                            .is_some_and(|p| p.is_fresh(ttl, negative_ttl))
-                        {
+                        if previous.as_ref().is_some_and(|p| {
+                            p.is_fresh(ttl, negative_ttl) && (!fresh || p.at >= called)
+                        }) {
                             return Op::Nop;
                         }
                         let result = self
@@ -629,15 +631,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_fresh_resolve_asks_the_registry_despite_a_cached_answer() {
+        use std::sync::atomic::Ordering;
+        let reg = fake_registry(Duration::ZERO).await;
+        let r = resolver(&reg.host, Duration::from_secs(3600));
+        let image = ImageRef::parse(&format!("{}/shop/web:1.0.0", reg.host)).unwrap();
+        let s = scope(Duration::ZERO);
+        r.resolve(&image, &s, soon(), false).await.unwrap();
+        r.resolve(&image, &s, soon(), false).await.unwrap();
+        assert_eq!(reg.requests.load(Ordering::SeqCst), 1);
+        r.resolve(&image, &s, soon(), true).await.unwrap();
+        assert_eq!(
+            reg.requests.load(Ordering::SeqCst),
+            2,
+            "fresh skips the cache"
+        );
+        // ...and refreshes it for everyone else.
+        r.resolve(&image, &s, soon(), false).await.unwrap();
+        assert_eq!(reg.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn cached_then_stale_during_an_outage_then_fresh_again() {
         use std::sync::atomic::Ordering;
         let reg = fake_registry(Duration::ZERO).await;
         let r = resolver(&reg.host, Duration::from_millis(50));
         let image = ImageRef::parse(&format!("{}/shop/web:1.0.0", reg.host)).unwrap();
         let hour = scope(Duration::from_secs(3600));
-        let first = r.resolve(&image, &hour, soon()).await.unwrap();
+        let first = r.resolve(&image, &hour, soon(), false).await.unwrap();
         assert_eq!((first.digest.as_str(), first.stale_for), (DIGEST, None));
-        r.resolve(&image, &hour, soon()).await.unwrap();
+        r.resolve(&image, &hour, soon(), false).await.unwrap();
         assert_eq!(
             reg.requests.load(Ordering::SeqCst),
             1,
@@ -647,13 +670,15 @@ mod tests {
         // Past the TTL the registry is asked again; it fails, and the last digest is served.
         tokio::time::sleep(Duration::from_millis(80)).await;
         reg.status.store(503, Ordering::SeqCst);
-        let stale = r.resolve(&image, &hour, soon()).await.unwrap();
+        let stale = r.resolve(&image, &hour, soon(), false).await.unwrap();
         assert_eq!(stale.digest, DIGEST);
         assert!(stale.stale_for.is_some());
         assert_eq!(reg.requests.load(Ordering::SeqCst), 2);
         // A profile without a stale window gets the error.
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let err = r.resolve(&image, &scope(Duration::ZERO), soon()).await;
+        let err = r
+            .resolve(&image, &scope(Duration::ZERO), soon(), false)
+            .await;
         assert!(
             matches!(err, Err(ResolveError::Status { status: 503, .. })),
             "{err:?}"
@@ -661,7 +686,7 @@ mod tests {
         // The last good digest survives the failed refreshes.
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(
-            r.resolve(&image, &hour, soon())
+            r.resolve(&image, &hour, soon(), false)
                 .await
                 .unwrap()
                 .stale_for
@@ -670,7 +695,7 @@ mod tests {
 
         reg.status.store(200, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let back = r.resolve(&image, &hour, soon()).await.unwrap();
+        let back = r.resolve(&image, &hour, soon(), false).await.unwrap();
         assert_eq!((back.digest.as_str(), back.stale_for), (DIGEST, None));
     }
 
@@ -682,7 +707,10 @@ mod tests {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..50 {
             let (r, image) = (r.clone(), image.clone());
-            set.spawn(async move { r.resolve(&image, &scope(Duration::ZERO), soon()).await });
+            set.spawn(async move {
+                r.resolve(&image, &scope(Duration::ZERO), soon(), false)
+                    .await
+            });
         }
         while let Some(answer) = set.join_next().await {
             assert_eq!(answer.unwrap().unwrap().digest, DIGEST);
