@@ -2,6 +2,7 @@
 //! talks to it over HTTP/1.1 or HTTP/2 with a client that trusts only that certificate's CA.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod kube;
 pub mod registry;
 
@@ -42,6 +43,8 @@ pub struct Options {
     /// Stops reading the server's stdout once it reports that it is serving, until
     /// [`Pinhook::read_stdout`]: stands for a log reader that has stalled.
     pub hold_stdout: bool,
+    /// The webhook listener's address (default `127.0.0.1:0`, an ephemeral port).
+    pub listen: Option<String>,
 }
 
 /// A running `pinhook serve`.
@@ -94,11 +97,17 @@ pub fn binary() -> PathBuf {
 
 /// `pinhook serve` on ephemeral loopback ports (both listeners); the caller adds the rest.
 pub fn serve_command() -> Command {
+    serve_command_on("127.0.0.1:0")
+}
+
+/// `pinhook serve` with the webhook listener on `listen` and the ops listener on an ephemeral
+/// loopback port; the caller adds the rest.
+pub fn serve_command_on(listen: &str) -> Command {
     let mut c = Command::new(binary());
     c.args([
         "serve",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--metrics-listen",
         "127.0.0.1:0",
     ]);
@@ -138,7 +147,7 @@ impl Pinhook {
         init_crypto();
         let dir = tempfile::tempdir().unwrap();
         let ca_pem = write_certs(dir.path());
-        let mut cmd = serve_command();
+        let mut cmd = serve_command_on(opts.listen.as_deref().unwrap_or("127.0.0.1:0"));
         cmd.args(["--reload-interval", "100ms"]);
         if !opts.no_cert_files {
             cmd.arg("--tls-cert")
