@@ -50,8 +50,10 @@ impl fmt::Display for ObjectRef {
 /// One container whose image breaks the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// The container's name.
+    /// The container's (or image volume's) name.
     pub container: String,
+    /// `container` or `volume`.
+    pub noun: &'static str,
     /// Field path for people, e.g. `spec.template.spec.containers[0]`.
     pub path: String,
     /// JSON pointer to the image field.
@@ -66,6 +68,7 @@ impl Finding {
     fn new(c: &ContainerImage<'_>, image: &str, reason: Reason) -> Self {
         Self {
             container: c.name.to_owned(),
+            noun: c.noun(),
             path: c.path(),
             pointer: c.pointer(),
             image: image.to_owned(),
@@ -76,7 +79,8 @@ impl Finding {
     /// The full sentence: which container, which image, what rule, how to fix it.
     pub fn message(&self) -> String {
         format!(
-            "container {:?} ({}): {}",
+            "{} {:?} ({}): {}",
+            self.noun,
             self.container,
             self.path,
             self.reason.describe(&self.image)
@@ -87,7 +91,8 @@ impl Finding {
     pub fn warning(&self) -> String {
         let make = |image: &str| {
             format!(
-                "pinhook: container {:?}: image {:?} {}",
+                "pinhook: {} {:?}: image {:?} {}",
+                self.noun,
                 self.container,
                 image,
                 self.reason.brief()
@@ -195,7 +200,14 @@ impl Decision {
     pub fn images_annotation(&self) -> String {
         self.findings
             .iter()
-            .map(|f| format!("{}={} ({})", f.container, f.image, f.reason.code()))
+            .map(|f| {
+                format!(
+                    "{}={} ({})",
+                    crate::workload::label(f.noun, &f.container),
+                    f.image,
+                    f.reason.code()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -21,8 +21,10 @@ pub const TARGET: &str = "pinhook::audit";
 /// One violation in an audit record.
 #[derive(Debug, Serialize)]
 pub struct Violation<'a> {
-    /// The container's name.
+    /// The container's (or image volume's) name.
     pub container: &'a str,
+    /// What it is: `container` or `volume`.
+    pub site: &'static str,
     /// Field path, e.g. `spec.containers[0]`.
     pub path: &'a str,
     /// The image as written.
@@ -123,6 +125,7 @@ impl<'a> Record<'a> {
                 .iter()
                 .map(|f| Violation {
                     container: &f.container,
+                    site: f.noun,
                     path: &f.path,
                     image: &f.image,
                     rule: f.reason.code(),
@@ -142,8 +145,10 @@ impl<'a> Record<'a> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PinnedImage<'a> {
-    /// The container's name.
+    /// The container's (or image volume's) name.
     pub container: &'a str,
+    /// What it is: `container` or `volume`.
+    pub site: &'static str,
     /// Field path.
     pub path: &'a str,
     /// The image as written.
@@ -182,6 +187,7 @@ pub fn record_pinning(pinning: &Pinning, decision: &Decision, info: &RequestInfo
             .filter_map(|(t, r)| match r {
                 PinResult::Failed(e) => Some(PinnedImage {
                     container: &t.container,
+                    site: t.noun,
                     path: &t.path,
                     image: &t.image,
                     pinned: None,
@@ -204,6 +210,7 @@ pub fn record_pinning(pinning: &Pinning, decision: &Decision, info: &RequestInfo
         .into_iter()
         .map(|(t, r, p)| PinnedImage {
             container: &t.container,
+            site: t.noun,
             path: &t.path,
             image: &t.image,
             pinned: Some(p),
@@ -227,6 +234,7 @@ pub fn record_pinning(pinning: &Pinning, decision: &Decision, info: &RequestInfo
         .into_iter()
         .map(|(t, e)| PinnedImage {
             container: &t.container,
+            site: t.noun,
             path: &t.path,
             image: &t.image,
             pinned: None,
@@ -336,6 +344,7 @@ mod tests {
             skipped: None,
             findings: vec![Finding {
                 container: "web".into(),
+                noun: "container",
                 path: "spec.containers[0]".into(),
                 pointer: "/spec/containers/0/image".into(),
                 image: "nginx:latest".into(),

@@ -40,8 +40,10 @@ pub enum Source {
 /// One image /mutate will pin.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Container name.
+    /// Container (or image volume) name.
     pub container: String,
+    /// `container` or `volume`.
+    pub noun: &'static str,
     /// Field path, e.g. `spec.containers[0]`.
     pub path: String,
     /// JSON pointer to the image field.
@@ -145,6 +147,7 @@ pub fn plan(
         };
         targets.push(Target {
             container: c.name.to_owned(),
+            noun: c.noun(),
             path: c.path(),
             pointer: c.pointer(),
             image: image.to_owned(),
@@ -242,7 +245,8 @@ impl Pinning {
             })
             .map(|(t, e)| {
                 format!(
-                    "container {:?} ({}): cannot pin image {:?}: {e}; {}",
+                    "{} {:?} ({}): cannot pin image {:?}: {e}; {}",
+                    t.noun,
                     t.container,
                     t.path,
                     t.image,
@@ -305,25 +309,27 @@ impl Pinning {
             let line = match r {
                 // The age first: a long image name must not push it past the truncation.
                 PinResult::Stale { age, .. } => format!(
-                    "pinhook: container {:?}: registry unreachable, digest resolved {} ago: {} pinned to {short}…",
+                    "pinhook: {} {:?}: registry unreachable, digest resolved {} ago: {} pinned to {short}…",
+                    t.noun,
                     t.container,
                     human(*age),
                     t.image
                 ),
                 PinResult::Reused { .. } => format!(
-                    "pinhook: container {:?}: {} kept its digest {short}…",
-                    t.container, t.image
+                    "pinhook: {} {:?}: {} kept its digest {short}…",
+                    t.noun, t.container, t.image
                 ),
                 _ => format!(
-                    "pinhook: container {:?}: {} pinned to {short}…",
-                    t.container, t.image
+                    "pinhook: {} {:?}: {} pinned to {short}…",
+                    t.noun, t.container, t.image
                 ),
             };
             out.push(truncate(line));
         }
         for (t, e) in self.unpinned() {
             out.push(truncate(format!(
-                "pinhook: container {:?}: {} left unpinned: {}",
+                "pinhook: {} {:?}: {} left unpinned: {}",
+                t.noun,
                 t.container,
                 t.image,
                 e.metric_label()
@@ -338,7 +344,10 @@ impl Pinning {
         let pinned: Vec<String> = self
             .rewritten()
             .iter()
-            .map(|(t, _, p)| format!("{}: {} → {p}", t.container, t.image))
+            .map(|(t, _, p)| {
+                let site = crate::workload::label(t.noun, &t.container);
+                format!("{site}: {} → {p}", t.image)
+            })
             .collect();
         if !pinned.is_empty() {
             out.insert("pinned-images".to_owned(), pinned.join(", "));
@@ -346,7 +355,10 @@ impl Pinning {
         let unpinned: Vec<String> = self
             .unpinned()
             .iter()
-            .map(|(t, e)| format!("{}: {} ({e})", t.container, t.image))
+            .map(|(t, e)| {
+                let site = crate::workload::label(t.noun, &t.container);
+                format!("{site}: {} ({e})", t.image)
+            })
             .collect();
         if !unpinned.is_empty() {
             out.insert("unpinned-images".to_owned(), unpinned.join(", "));
@@ -618,6 +630,7 @@ mod tests {
                 (
                     Target {
                         container: format!("c{i}"),
+                        noun: "container",
                         path: format!("spec.containers[{i}]"),
                         pointer: format!("/spec/containers/{i}/image"),
                         image: format!("shop/app{i}:1.0.0"),

@@ -1,5 +1,6 @@
-//! Where images live in pod-bearing objects: every (container, JSON pointer, image) of a Pod or
-//! of the pod template of a workload kind. Works on raw JSON so unknown fields never matter.
+//! Where images live in pod-bearing objects: every (container or image volume, JSON pointer,
+//! image) of a Pod or of the pod template of a workload kind. Works on raw JSON so unknown
+//! fields never matter.
 
 use std::fmt;
 
@@ -114,7 +115,7 @@ impl WorkloadKind {
     }
 }
 
-/// One of the three container lists of a pod spec.
+/// A list of a pod spec through which an image enters the Pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Section {
     /// `containers`
@@ -123,15 +124,26 @@ pub enum Section {
     InitContainers,
     /// `ephemeralContainers`
     EphemeralContainers,
+    /// `volumes[].image.reference`: an OCI image mounted as a volume (Kubernetes 1.31+).
+    ImageVolumes,
 }
 
 impl Section {
     /// All sections, in the order they are reported.
-    pub const ALL: [Section; 3] = [
+    pub const ALL: [Section; 4] = [
         Section::Containers,
         Section::InitContainers,
         Section::EphemeralContainers,
+        Section::ImageVolumes,
     ];
+
+    /// What an entry of this list is called in messages: `container` or `volume`.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Section::ImageVolumes => "volume",
+            _ => "container",
+        }
+    }
 
     /// The field name in the pod spec.
     pub fn field(self) -> &'static str {
@@ -139,6 +151,7 @@ impl Section {
             Section::Containers => "containers",
             Section::InitContainers => "initContainers",
             Section::EphemeralContainers => "ephemeralContainers",
+            Section::ImageVolumes => "volumes",
         }
     }
 }
@@ -154,32 +167,48 @@ pub enum ImageField<'a> {
     NotAString,
 }
 
-/// One container and its image, located in the object.
+/// One container or image volume and its image, located in the object.
 #[derive(Debug, Clone, Copy)]
 pub struct ContainerImage<'a> {
-    /// The container's `name` (empty when absent).
+    /// The container's or volume's `name` (empty when absent).
     pub name: &'a str,
     /// Which list it is in.
     pub section: Section,
     /// Its index in that list.
     pub index: usize,
-    /// Its `image` field.
+    /// Its `image` field (`image.reference` of a volume).
     pub image: ImageField<'a>,
     spec_path: &'static [&'static str],
 }
 
 impl ContainerImage<'_> {
-    /// The field path for people, e.g. `spec.template.spec.containers[0]`.
+    /// The field path for people, e.g. `spec.template.spec.containers[0]` or
+    /// `spec.volumes[1].image.reference`.
     pub fn path(&self) -> String {
+        let suffix = match self.section {
+            Section::ImageVolumes => ".image.reference",
+            _ => "",
+        };
         format!(
-            "{}.{}[{}]",
+            "{}.{}[{}]{suffix}",
             self.spec_path.join("."),
             self.section.field(),
             self.index
         )
     }
 
-    /// The JSON pointer to the image field, e.g. `/spec/template/spec/containers/0/image`.
+    /// What it is in messages: `container` or `volume`.
+    pub fn noun(&self) -> &'static str {
+        self.section.noun()
+    }
+
+    /// How audit annotations name it: the container's name, or `volume/NAME`.
+    pub fn label(&self) -> String {
+        label(self.section.noun(), self.name)
+    }
+
+    /// The JSON pointer to the image field, e.g. `/spec/template/spec/containers/0/image` or
+    /// `/spec/volumes/1/image/reference`.
     pub fn pointer(&self) -> String {
         let mut p = String::with_capacity(48);
         for seg in self.spec_path {
@@ -190,14 +219,26 @@ impl ContainerImage<'_> {
         p.push_str(self.section.field());
         p.push('/');
         p.push_str(&self.index.to_string());
-        p.push_str("/image");
+        p.push_str(match self.section {
+            Section::ImageVolumes => "/image/reference",
+            _ => "/image",
+        });
         p
     }
 }
 
 impl fmt::Display for ContainerImage<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "container {:?} ({})", self.name, self.path())
+        write!(f, "{} {:?} ({})", self.noun(), self.name, self.path())
+    }
+}
+
+/// How audit annotations name an image site: a container by its name, a volume as `volume/NAME`.
+pub fn label(noun: &str, name: &str) -> String {
+    if noun == "container" {
+        name.to_owned()
+    } else {
+        format!("{noun}/{name}")
     }
 }
 
@@ -208,7 +249,8 @@ pub fn pod_spec(kind: WorkloadKind, object: &Value) -> Option<&Value> {
         .try_fold(object, |v, seg| v.get(seg))
 }
 
-/// Every container of `object` (a `kind`), in order: containers, initContainers, ephemeralContainers.
+/// Every image site of `object` (a `kind`), in order: containers, initContainers,
+/// ephemeralContainers, then the volumes that mount an image.
 pub fn containers(kind: WorkloadKind, object: &Value) -> Vec<ContainerImage<'_>> {
     let spec_path = kind.pod_spec_path();
     let Some(spec) = pod_spec(kind, object) else {
@@ -220,7 +262,15 @@ pub fn containers(kind: WorkloadKind, object: &Value) -> Vec<ContainerImage<'_>>
             continue;
         };
         for (index, c) in list.iter().enumerate() {
-            let image = match c.get("image") {
+            let field = match section {
+                // Only volumes of the `image` type carry an image; others are not image sites.
+                Section::ImageVolumes => match c.get("image") {
+                    Some(source) => source.get("reference"),
+                    None => continue,
+                },
+                _ => c.get("image"),
+            };
+            let image = match field {
                 None | Some(Value::Null) => ImageField::Unset,
                 Some(Value::String(s)) if s.is_empty() => ImageField::Unset,
                 Some(Value::String(s)) => ImageField::Str(s),
@@ -291,6 +341,33 @@ mod tests {
             ]
         );
         assert_eq!(cs[2].path(), "spec.ephemeralContainers[0]");
+    }
+
+    #[test]
+    fn image_volumes_are_image_sites_and_other_volumes_are_not() {
+        let d = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "web", "image": "nginx:1"}],
+            "volumes": [
+                {"name": "cache", "emptyDir": {}},
+                {"name": "model", "image": {"reference": "quay.io/acme/model:latest", "pullPolicy": "IfNotPresent"}},
+                {"name": "blank", "image": {}}
+            ]
+        }}}});
+        let cs = containers(WorkloadKind::Deployment, &d);
+        assert_eq!(cs.len(), 3);
+        let model = &cs[1];
+        assert_eq!(model.section, Section::ImageVolumes);
+        assert_eq!(model.index, 1);
+        assert_eq!(model.image, ImageField::Str("quay.io/acme/model:latest"));
+        assert_eq!(
+            model.pointer(),
+            "/spec/template/spec/volumes/1/image/reference"
+        );
+        assert_eq!(
+            model.to_string(),
+            "volume \"model\" (spec.template.spec.volumes[1].image.reference)"
+        );
+        assert_eq!(cs[2].image, ImageField::Unset);
     }
 
     #[test]

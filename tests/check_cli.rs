@@ -153,3 +153,16 @@ fn invalid_policy_exits_two_naming_the_file() {
         "nothing is judged under an invalid policy"
     );
 }
+
+#[test]
+fn an_image_volume_with_a_mutable_tag_is_denied_as_a_volume() {
+    let file = "tests/fixtures/manifests/image_volume_mutable.yaml";
+    let out = check(&[file]);
+    assert_exit(&out, 1);
+    assert_eq!(
+        stdout(&out).trim_end(),
+        format!(
+            r#"{file}: denied: Deployment ml/inference: volume "model" (spec.template.spec.volumes[1].image.reference): image "quay.io/acme/model:latest" uses mutable tag "latest"; use a version tag or a digest"#
+        )
+    );
+}

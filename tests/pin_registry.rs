@@ -679,3 +679,75 @@ async fn pinning_is_recorded_in_audit_line_annotation_and_warning() {
         }])
     );
 }
+
+#[tokio::test]
+async fn image_volumes_are_pinned_to_the_digest_skopeo_reads() {
+    let reg = Registry::plain();
+    let h = reg.host.clone();
+    let web = reg.push("shop/web", "1.0.0", &TestImage::single("volume-web"));
+    let model = reg.push("acme/model", "2.0", &TestImage::multi_arch("volume-model"));
+    let server = server(insecure_policy(&h, ""), &[]);
+    let web_image = format!("{h}/shop/web:1.0.0");
+    let model_image = format!("{h}/acme/model:2.0");
+    for fixture_name in ["pod_version_tags", "deployment_version_tags"] {
+        let mut r = review(fixture_name, &[("web", &web_image)]);
+        let spec = containers_pointer(&r).trim_end_matches("/containers");
+        r.pointer_mut(spec).unwrap()["volumes"] = json!([
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "model", "image": {"reference": model_image, "pullPolicy": "IfNotPresent"}}
+        ]);
+        let (resp, patched) = mutate_and_apply(&server, &r).await;
+        let pointer = format!(
+            "{}/volumes/1/image/reference",
+            spec.trim_start_matches("/request/object")
+        );
+        let patch = patch_of(&resp);
+        assert!(
+            patch
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|op| op["op"] == "replace" && op["path"] == pointer),
+            "{fixture_name}: {patch}"
+        );
+        let spec_after = patched.pointer(spec).unwrap();
+        assert_eq!(
+            spec_after["volumes"][1]["image"]["reference"],
+            format!("{model_image}@{model}")
+        );
+        assert_eq!(
+            spec_after["volumes"][1]["image"]["pullPolicy"],
+            "IfNotPresent"
+        );
+        assert_eq!(
+            spec_after["volumes"][0],
+            json!({"name": "scratch", "emptyDir": {}})
+        );
+        assert_eq!(
+            spec_after["containers"][0]["image"],
+            format!("{web_image}@{web}")
+        );
+        assert!(
+            resp["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w.as_str().unwrap().starts_with(&format!(
+                    "pinhook: volume \"model\": {model_image} pinned to sha256:"
+                ))),
+            "{resp}"
+        );
+        assert!(
+            resp["auditAnnotations"]["pinned-images"]
+                .as_str()
+                .unwrap()
+                .contains(&format!(
+                    "volume/model: {model_image} → {model_image}@{model}"
+                )),
+            "{resp}"
+        );
+        // Idempotent: the patched object gets no patch.
+        let again = mutate(&server, &patched).await;
+        assert!(again.get("patch").is_none(), "{fixture_name}: {again}");
+    }
+}

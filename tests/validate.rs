@@ -279,3 +279,87 @@ async fn many_concurrent_streams_on_one_http2_connection() {
         assert_eq!(v["response"]["allowed"], false);
     }
 }
+
+#[tokio::test]
+async fn image_volumes_are_judged_in_every_kind() {
+    let server = Pinhook::start();
+    let kinds = [
+        ("pod_version_tags", "/request/object/spec"),
+        ("podtemplate_version_tags", "/request/object/template/spec"),
+        (
+            "replicationcontroller_version_tags",
+            "/request/object/spec/template/spec",
+        ),
+        (
+            "deployment_version_tags",
+            "/request/object/spec/template/spec",
+        ),
+        (
+            "replicaset_version_tags",
+            "/request/object/spec/template/spec",
+        ),
+        (
+            "statefulset_version_tags",
+            "/request/object/spec/template/spec",
+        ),
+        (
+            "daemonset_version_tags",
+            "/request/object/spec/template/spec",
+        ),
+        ("job_version_tags", "/request/object/spec/template/spec"),
+        (
+            "cronjob_version_tags",
+            "/request/object/spec/jobTemplate/spec/template/spec",
+        ),
+    ];
+    for (name, spec) in kinds {
+        let mut review = fixture(name);
+        review.pointer_mut(spec).unwrap()["volumes"] = serde_json::json!([
+            {"name": "data", "emptyDir": {}},
+            {"name": "model", "image": {"reference": "quay.io/acme/model:latest"}}
+        ]);
+        let (status, _, body) = server.validate(Http::V2, &review).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        let resp = response_of(&body, &uid(&review));
+        assert_eq!(resp["allowed"], false, "{name}: {resp}");
+        let path = spec
+            .trim_start_matches("/request/object/")
+            .replace('/', ".");
+        let expected = format!(
+            r#"volume "model" ({path}.volumes[1].image.reference): image "quay.io/acme/model:latest" uses mutable tag "latest"; use a version tag or a digest"#
+        );
+        let msg = resp["status"]["message"].as_str().unwrap();
+        assert!(msg.contains(&expected), "{name}: {msg}");
+        assert_eq!(
+            resp["auditAnnotations"]["rejected-images"],
+            "volume/model=quay.io/acme/model:latest (mutable-tag)",
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn warn_mode_names_the_image_volume_in_its_warning() {
+    let server = Pinhook::start_with(common::Options {
+        policy: Some("mode: warn\n".into()),
+        ..Default::default()
+    });
+    for name in [
+        "pod_image_volume_mutable_tag",
+        "deployment_image_volume_mutable_tag",
+    ] {
+        let resp = decide(&server, Http::V1, name).await;
+        assert_eq!(resp["allowed"], true, "{name}: {resp}");
+        assert_eq!(
+            resp["warnings"],
+            serde_json::json!([
+                r#"pinhook: volume "model": image "quay.io/acme/model:latest" uses mutable tag "latest""#
+            ]),
+            "{name}"
+        );
+        assert_eq!(
+            resp["auditAnnotations"]["warned-images"],
+            "volume/model=quay.io/acme/model:latest (mutable-tag)"
+        );
+    }
+}

@@ -291,14 +291,23 @@ impl Registration {
 /// Registers `pinhook` (running on 127.0.0.1 with its test certificate) for the namespaces
 /// labelled `TEST_LABEL=<reg.release>`: the chart's MutatingWebhookConfiguration and
 /// ValidatingWebhookConfiguration, rendered with `webhook.url` and the certificate's CA as
-/// `caBundle` (certificate mode `secret`). Returns once the API server calls it.
+/// `caBundle` (certificate mode `secret`).
 pub fn register(c: &Cluster, pinhook: &Pinhook, reg: &Registration) -> Vec<Value> {
-    let ca = base64::engine::general_purpose::STANDARD.encode(&pinhook.ca_pem);
+    register_at(c, pinhook.addr, &pinhook.ca_pem, reg)
+}
+
+/// [`register`] for a pinhook listening on `addr` with a certificate signed by `ca_pem`.
+pub fn register_at(
+    c: &Cluster,
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    reg: &Registration,
+) -> Vec<Value> {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let values = format!(
         "webhook:\n  url: https://{addr}\n  failurePolicy: {fp}\n  timeoutSeconds: {t}\n  \
          namespaceLabels:\n    {TEST_LABEL}: {rel}\ncertificates:\n  mode: secret\n  secret:\n    \
          name: unused\n    caBundle: {ca}\n",
-        addr = pinhook.addr,
         fp = reg.failure_policy,
         t = reg.timeout_seconds,
         rel = reg.release,
