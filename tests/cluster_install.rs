@@ -44,6 +44,14 @@ fn manifests_and_every_chart_mode_are_accepted_by_the_api_server() {
         .filter(|l| l.ends_with("(server dry run)"))
         .count();
     assert_eq!(lines, docs.len() + 1, "{}", dry.stdout);
+    // The backstop's file, through the API (its static twin is tests/cluster_backstop_static.rs).
+    let backstop = manifests
+        .join("backstop/backstop.yaml")
+        .display()
+        .to_string();
+    let dry = c.kubectl(&["apply", "--dry-run=server", "-f", &backstop]);
+    assert!(dry.ok, "{}", dry.stderr);
+    assert_eq!(dry.stdout.lines().count(), 2, "{}", dry.stdout);
 
     // Really applied: everything that needs no running pinhook Pod. The webhook configurations
     // would send every Pod in the cluster to a Service with no endpoint (there is no kubelet),

@@ -58,7 +58,18 @@ var controllers = []string{
 // verbosity is the klog level of both components (they must agree: one logging configuration).
 const verbosity = "1"
 
-func serve(dir string) error {
+// admissionConfig points the ValidatingAdmissionPolicy plugin at a directory of static manifests.
+const admissionConfig = `apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+  - name: ValidatingAdmissionPolicy
+    configuration:
+      apiVersion: apiserver.config.k8s.io/v1
+      kind: ValidatingAdmissionPolicyConfiguration
+      staticManifestsDir: %q
+`
+
+func serve(dir, staticPolicies string) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -100,6 +111,18 @@ func serve(dir string) error {
 	if err := os.WriteFile(policyFile, []byte(auditPolicy), 0o644); err != nil {
 		return err
 	}
+	var extraArgs []string
+	if staticPolicies != "" {
+		abs, err := filepath.Abs(staticPolicies)
+		if err != nil {
+			return err
+		}
+		cfg := filepath.Join(dir, "admission-config.yaml")
+		if err := os.WriteFile(cfg, fmt.Appendf(nil, admissionConfig, abs), 0o644); err != nil {
+			return err
+		}
+		extraArgs = append(extraArgs, "--admission-control-config-file="+cfg)
+	}
 	server := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := writeKubeconfig(kubeconfig, server, p); err != nil {
@@ -115,17 +138,17 @@ func serve(dir string) error {
 	apiErr := make(chan error, 1)
 	go func() {
 		cmd := apiserver.NewAPIServerCommand()
-		cmd.SetArgs([]string{
-			"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(etcdClient),
+		cmd.SetArgs(append(extraArgs,
+			"--etcd-servers=http://127.0.0.1:"+strconv.Itoa(etcdClient),
 			"--bind-address=127.0.0.1",
 			"--advertise-address=127.0.0.1",
-			"--secure-port=" + strconv.Itoa(apiPort),
-			"--cert-dir=" + filepath.Join(dir, "apiserver"),
-			"--tls-cert-file=" + p.path("apiserver.crt"),
-			"--tls-private-key-file=" + p.path("apiserver.key"),
-			"--client-ca-file=" + p.path("ca.crt"),
-			"--service-account-key-file=" + p.path("sa.pub"),
-			"--service-account-signing-key-file=" + p.path("sa.key"),
+			"--secure-port="+strconv.Itoa(apiPort),
+			"--cert-dir="+filepath.Join(dir, "apiserver"),
+			"--tls-cert-file="+p.path("apiserver.crt"),
+			"--tls-private-key-file="+p.path("apiserver.key"),
+			"--client-ca-file="+p.path("ca.crt"),
+			"--service-account-key-file="+p.path("sa.pub"),
+			"--service-account-signing-key-file="+p.path("sa.key"),
 			"--service-account-issuer=https://kubernetes.default.svc",
 			"--api-audiences=https://kubernetes.default.svc",
 			"--service-cluster-ip-range=10.0.0.0/24",
@@ -134,14 +157,14 @@ func serve(dir string) error {
 			// namespace a test has just made; the token controllers run all the same.
 			"--disable-admission-plugins=ServiceAccount",
 			"--endpoint-reconciler-type=none",
-			"--audit-policy-file=" + policyFile,
-			"--audit-log-path=" + filepath.Join(dir, "audit.log"),
+			"--audit-policy-file="+policyFile,
+			"--audit-log-path="+filepath.Join(dir, "audit.log"),
 			"--audit-log-format=json",
 			"--audit-log-mode=blocking",
 			"--profiling=false",
 			"--enable-priority-and-fairness=false",
-			"--v=" + verbosity,
-		})
+			"--v="+verbosity,
+		))
 		apiErr <- cmd.ExecuteContext(ctx)
 	}()
 

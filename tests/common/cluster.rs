@@ -32,7 +32,7 @@ pub struct Cluster {
     _tmp: tempfile::TempDir,
 }
 
-static CLUSTER: LazyLock<Cluster> = LazyLock::new(Cluster::up);
+static CLUSTER: LazyLock<Cluster> = LazyLock::new(|| Cluster::start(None));
 
 /// The cluster of this test binary, started on first use.
 pub fn cluster() -> &'static Cluster {
@@ -53,19 +53,23 @@ pub struct Out {
 }
 
 impl Cluster {
-    fn up() -> Self {
+    /// Starts a cluster of its own; with `static_policies`, its API server also loads the
+    /// ValidatingAdmissionPolicies of that directory from disk.
+    pub fn start(static_policies: Option<&Path>) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("pinhook-testcluster-")
             .tempdir()
             .unwrap();
         let dir = tmp.path().to_path_buf();
         let script = root().join("scripts/testcluster");
-        let out = Command::new(&script)
-            .arg("up")
+        let mut cmd = Command::new(&script);
+        cmd.arg("up")
             .arg(&dir)
-            .env("TESTCLUSTER_OWNER_PID", std::process::id().to_string())
-            .output()
-            .expect("run scripts/testcluster");
+            .env("TESTCLUSTER_OWNER_PID", std::process::id().to_string());
+        if let Some(p) = static_policies {
+            cmd.env("TESTCLUSTER_STATIC_POLICIES", p);
+        }
+        let out = cmd.output().expect("run scripts/testcluster");
         assert!(
             out.status.success(),
             "scripts/testcluster up failed (is the control plane built? `make cluster`):\n{}{}",

@@ -77,27 +77,7 @@ clientConfig:
   {{- if eq $.Values.certificates.mode "secret" }}
   caBundle: {{ required "certificates.secret.caBundle is required when certificates.mode is secret" $.Values.certificates.secret.caBundle }}
   {{- end }}
-namespaceSelector:
-  {{- with $.Values.webhook.namespaceLabels }}
-  matchLabels:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  matchExpressions:
-    # pinhook's own namespace and kube-system are always excluded, so neither pinhook nor the
-    # control plane can be locked out by pinhook being down.
-    - key: kubernetes.io/metadata.name
-      operator: NotIn
-      values:
-        {{- range (concat (list $.Release.Namespace "kube-system") $.Values.webhook.excludeNamespaces | uniq) }}
-        - {{ . | quote }}
-        {{- end }}
-{{- if $.Values.webhook.optOutLabel }}
-objectSelector:
-  matchExpressions:
-    - key: {{ $.Values.webhook.optOutLabel }}
-      operator: NotIn
-      values: ["true"]
-{{- end }}
+{{ include "pinhook.selectors" $ }}
 rules:
   - apiGroups: [""]
     apiVersions: ["v1"]
@@ -114,6 +94,64 @@ rules:
     operations: ["CREATE", "UPDATE"]
     resources: ["jobs", "cronjobs"]
     scope: Namespaced
+{{- end }}
+
+{{/* What pinhook judges: every namespace but its own, kube-system and the excluded ones (and
+only those with webhook.namespaceLabels), every object but the opted-out ones. Shared by both
+webhooks and the backstop's binding, so the three always cover the same objects. */}}
+{{- define "pinhook.selectors" -}}
+namespaceSelector:
+  {{- with .Values.webhook.namespaceLabels }}
+  matchLabels:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  matchExpressions:
+    # pinhook's own namespace and kube-system are always excluded, so neither pinhook nor the
+    # control plane can be locked out by pinhook being down.
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values:
+        {{- range (concat (list .Release.Namespace "kube-system") .Values.webhook.excludeNamespaces | uniq) }}
+        - {{ . | quote }}
+        {{- end }}
+{{- if .Values.webhook.optOutLabel }}
+objectSelector:
+  matchExpressions:
+    - key: {{ .Values.webhook.optOutLabel }}
+      operator: NotIn
+      values: ["true"]
+{{- end }}
+{{- end }}
+
+{{/* A policy glob (exemptImages, exemptNamespaces; docs/policy.md) as an RE2 regex over the
+whole string, for CEL's matches(). `*` `?` `[!…]` `{a,b}` translate; an escaped glob character
+(a backslash before `*`) does not. A glob of a Docker Hub image (docker.io/…) also matches the short spellings the
+webhook normalizes (`busybox`, `library/busybox`, `docker.io/busybox`). */}}
+{{- define "pinhook.globRegex" -}}
+{{- $g := . -}}
+{{- $prefix := "" -}}
+{{- if hasPrefix "docker.io/library/" $g -}}
+{{- $prefix = `(?:(?:docker\.io/|index\.docker\.io/)?library/|docker\.io/|index\.docker\.io/)?` -}}
+{{- $g = trimPrefix "docker.io/library/" $g -}}
+{{- else if hasPrefix "docker.io/" $g -}}
+{{- $prefix = `(?:docker\.io/|index\.docker\.io/)?` -}}
+{{- $g = trimPrefix "docker.io/" $g -}}
+{{- end -}}
+{{- $r := regexReplaceAll `([.+()|^$])` $g `\${1}` -}}
+{{- $r = $r | replace "*" ".*" | replace "?" "." | replace "[!" "[^" | replace "{" "(?:" | replace "}" ")" | replace "," "|" -}}
+{{- printf "^%s%s$" $prefix $r -}}
+{{- end }}
+
+{{/* A list of strings as CEL raw string literals, comma-separated. */}}
+{{- define "pinhook.celStrings" -}}
+{{- $out := list -}}
+{{- range . -}}
+{{- if contains "'" . -}}
+{{- fail (printf "backstop: pattern %q contains a single quote" .) -}}
+{{- end -}}
+{{- $out = append $out (printf "r'%s'" .) -}}
+{{- end -}}
+{{- join ", " $out -}}
 {{- end }}
 
 {{/* Annotations on both webhook configurations (cert-manager's CA injection). */}}
