@@ -70,7 +70,7 @@ chart-check: packaging-deps build
 
 ## Benchmarks: pinhook, the baseline server and the load generator in the release profile, a real
 ## registry behind a delaying proxy; writes BENCHMARKS.md (under 10 minutes on 2 cores).
-bench: test-deps bench-deps
+bench: test-deps bench-deps cluster
 	$(CARGO) build --locked --profile bench --bin pinhook --example baseline --example loadgen
 	$(CARGO) bench --locked --bench e2e
 

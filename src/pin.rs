@@ -495,6 +495,35 @@ mod tests {
     }
 
     #[test]
+    fn an_image_volume_keeps_its_old_digest_and_a_container_of_the_same_name_does_not_share_it() {
+        let with_volume = |volume: &str, container: &str| {
+            json!({"spec": {"template": {"spec": {
+                "containers": [{"name": "model", "image": container}],
+                "volumes": [{"name": "model", "image": {"reference": volume}}]
+            }}}})
+        };
+        let old = with_volume(&format!("acme/model:7@{D}"), "acme/server:1.0.0");
+        let new = with_volume("acme/model:7", "acme/model:7");
+        let t = targets(
+            "# defaults",
+            WorkloadKind::Deployment,
+            &ObjectMeta::default(),
+            &new,
+            Some(&old),
+            false,
+        )
+        .unwrap();
+        let by_pointer = |p: &str| t.iter().find(|t| t.pointer == p).unwrap();
+        let volume = by_pointer("/spec/template/spec/volumes/0/image/reference");
+        assert_eq!(
+            (volume.noun, &volume.source),
+            ("volume", &Source::Reuse(D.into()))
+        );
+        let container = by_pointer("/spec/template/spec/containers/0/image");
+        assert_eq!(container.source, Source::Resolve);
+    }
+
+    #[test]
     fn refresh_resolves_again() {
         let old = deployment(&[&format!("shop/web:1.4.2@{D}"), "shop/api:2.0.0"]);
         let new = deployment(&["shop/web:1.4.2", "shop/api:2.0.0"]);

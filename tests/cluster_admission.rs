@@ -169,6 +169,8 @@ fn pins_reach_every_replicaset_and_pod_the_controllers_make() {
     let c = cluster();
     let reg = Registry::plain();
     let digest = reg.push("shop/web", "1.0", &TestImage::multi_arch("controllers"));
+    let model = reg.push("acme/model", "7", &TestImage::single("controllers-model"));
+    let model_image = format!("{}/acme/model:7", reg.host);
     let _p = setup(
         c,
         "chain",
@@ -190,8 +192,12 @@ fn pins_reach_every_replicaset_and_pod_the_controllers_make() {
         json!({"metadata": {"labels": {"app": name}},
             "spec": {"containers": [{"name": "app", "image": image}]}})
     };
+    // The Deployment also mounts an OCI image as a volume (GA in 1.36).
+    let mut web = deployment("web", &image, 2);
+    web["spec"]["template"]["spec"]["volumes"] =
+        json!([{"name": "model", "image": {"reference": model_image}}]);
     let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
-        deployment("web", &image, 2),
+        web,
         {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
             "spec": {"serviceName": "db", "replicas": 1, "selector": labels("db"),
                 "template": template("db")}},
@@ -241,6 +247,14 @@ fn pins_reach_every_replicaset_and_pod_the_controllers_make() {
         for p in owned_pods(prefix, n) {
             assert_eq!(image_of(&p["spec"]), pinned, "{}", p["metadata"]["name"]);
         }
+    }
+    let pinned_model = format!("{model_image}@{model}");
+    assert_eq!(
+        rs["spec"]["template"]["spec"]["volumes"][0]["image"]["reference"],
+        pinned_model
+    );
+    for p in owned_pods("web-", 2) {
+        assert_eq!(p["spec"]["volumes"][0]["image"]["reference"], pinned_model);
     }
     // CronJob → Job → Pod: the cronjob controller starts a Job within a minute.
     let job = wait_for(Duration::from_secs(90), "a Job of the CronJob", || {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::Pinhook;
 use common::cluster::{
-    TEST_LABEL, cluster, list_of, render_chart, root, wait_for, wait_registered,
+    Cluster, TEST_LABEL, cluster, list_of, render_chart, root, wait_for, wait_registered,
 };
 use common::registry::{Registry, RegistryAuth, RegistryOptions, TestImage, free_port};
 use serde_json::{Value, json};
@@ -279,4 +279,21 @@ fn least_privilege_bootstrap_under_the_charts_own_rbac() {
         None,
     );
     assert!(other.stderr.contains("forbidden"), "{other:?}");
+}
+
+#[test]
+fn a_second_cluster_is_independent_of_the_first() {
+    let first = cluster();
+    let second = Cluster::start(None);
+    assert_ne!(first.server(), second.server());
+    first.namespace("only-in-the-first", None);
+    let out = second.kubectl(&["get", "namespace", "only-in-the-first"]);
+    assert!(!out.ok && out.stderr.contains("NotFound"), "{out:?}");
+    // Each has its own CA: the first's admin credentials are refused by the second.
+    let crossed = second.kubectl_as(
+        &first.kubeconfig(),
+        &["get", "--server", &second.server(), "namespaces"],
+        None,
+    );
+    assert!(!crossed.ok, "{crossed:?}");
 }

@@ -16,18 +16,21 @@
 //!    a fast registry of our own), and the cost per entry;
 //! 6. start-up to `/readyz` 200;
 //! 7. the stripped binary size;
-//! 8. instructions per warm request under callgrind (exact, whatever else the machine runs).
+//! 8. instructions per warm request under callgrind (exact, whatever else the machine runs);
+//! 11. Pod creation through a real kube-apiserver (tests/cluster): no webhook, pinhook with the
+//!     digest cached, and a new tag per Pod (apiserver.rs).
 //!
 //! Servers run pinned to one CPU and load generators to the other (`taskset`; `BENCH_PIN=0`
 //! turns it off), so a ratio compares the servers' costs rather than a shared CPU's.
 //!
-//! Settings (environment): `BENCH_ONLY=warm,cold,singleflight,memory,startup,size,callgrind`
+//! Settings (environment): `BENCH_ONLY=warm,cold,singleflight,memory,startup,size,callgrind,apiserver`
 //! runs some groups (and writes `target/bench/BENCHMARKS.partial.md` unless `BENCH_OUT` says
 //! otherwise); `BENCH_SECONDS` (3) is each load run's measured window; `BENCH_ROUNDS` (3) the
 //! interleaved rounds of the throughput comparison; `BENCH_NOTE` a note for the report.
 //!
 //! Under `cargo test` (no `--bench` argument) it does nothing: the benchmark takes minutes.
 
+mod apiserver;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod procs;
@@ -97,7 +100,7 @@ fn main() {
         bench.pin.server,
         bench.pin.client
     );
-    let needs_lab = ["warm", "cold", "singleflight", "callgrind"]
+    let needs_lab = ["warm", "cold", "singleflight", "callgrind", "apiserver"]
         .iter()
         .any(|g| bench.wants(g));
     let lab = needs_lab.then(|| Lab::start(&bench));
@@ -110,6 +113,9 @@ fn main() {
         }
         if bench.wants("singleflight") {
             bench.single_flight(lab);
+        }
+        if bench.wants("apiserver") {
+            bench.apiserver(lab);
         }
     }
     if bench.wants("memory") {
@@ -1332,6 +1338,7 @@ impl Lab {
             "single-flight".into(),
         ];
         tags.extend((0..3).map(|i| format!("warm-{i}")));
+        tags.extend((0..apiserver::COLD_TAGS).map(apiserver::cold_tag));
         tags.extend((0..5).map(|j| format!("cold-warm-5-{j}")));
         for i in 0..COLD_SAMPLES {
             tags.push(format!("rtt-{i}"));

@@ -215,6 +215,16 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// Stops the cluster (the shared ones, in statics, stop with the test binary instead).
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/testcluster"))
+            .arg("down")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
 /// Polls `f` every 200 ms until it returns `Some`, for at most `timeout`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
