@@ -9,54 +9,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
 use clap::{CommandFactory, Parser};
 use pinhook::config::{Cli, Command as Sub};
 use pinhook::workload::{ALL_KINDS, WorkloadKind};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 const MODES: [&str; 3] = ["bootstrap", "certManager", "secret"];
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The chart rendered by scripts/chart.py; `values` is an extra values file's YAML.
 fn render_with(mode: &str, release: &str, namespace: &str, values: Option<&str>) -> Vec<Value> {
-    let python = root().join(".tools/venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `make packaging-deps` (scripts/install-packaging-tools.sh)",
-        python.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(python);
-    cmd.arg(root().join("scripts/chart.py")).args([
-        "render",
-        "--mode",
-        mode,
-        "--release",
-        release,
-        "--namespace",
-        namespace,
-    ]);
-    if let Some(v) = values {
-        let f = dir.path().join("values.yaml");
-        std::fs::write(&f, v).unwrap();
-        cmd.arg("-f").arg(f);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "render failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|d| !d.is_null())
-        .collect()
+    common::cluster::render_chart(mode, release, namespace, values.unwrap_or(""))
 }
 
 fn render(mode: &str) -> Vec<Value> {

@@ -29,6 +29,28 @@ fn registry_policy(host: &str, extra: &str) -> String {
     format!("registries:\n  - host: {host}\n    insecure: true\n{extra}")
 }
 
+/// A plain registry holding `images` (`repo`, `tag`, seed), their digests in that order, and a
+/// pinhook for namespace `test` that pins from it (policy `extra` added), registered.
+fn with_registry(
+    c: &Cluster,
+    test: &str,
+    images: &[(&str, &str, &str)],
+    extra: &str,
+) -> (Registry, Vec<String>, Pinhook) {
+    let reg = Registry::plain();
+    let digests = images
+        .iter()
+        .map(|(repo, tag, seed)| reg.push(repo, tag, &TestImage::single(seed)))
+        .collect();
+    let pinhook = setup(
+        c,
+        test,
+        Some(registry_policy(&reg.host, extra)),
+        Registration::new(test),
+    );
+    (reg, digests, pinhook)
+}
+
 /// Starts pinhook with `policy` (None: the built-in one) and the cluster-admin kubeconfig (for
 /// pull secrets), creates namespace `test` for it, registers it and waits until it is called.
 fn setup(c: &Cluster, test: &str, policy: Option<String>, reg: Registration) -> Pinhook {
@@ -140,14 +162,9 @@ fn kubectl_shows_the_denial_and_the_audit_log_records_it() {
 #[test]
 fn warn_mode_prints_pinhooks_warnings_and_admits_the_pod() {
     let c = cluster();
-    let reg = Registry::plain();
-    let digest = reg.push("shop/web", "latest", &TestImage::single("warn"));
-    let _p = setup(
-        c,
-        "warn",
-        Some(registry_policy(&reg.host, "mode: warn\n")),
-        Registration::new("warn"),
-    );
+    let (reg, digests, _p) =
+        with_registry(c, "warn", &[("shop/web", "latest", "warn")], "mode: warn\n");
+    let digest = &digests[0];
     let image = format!("{}/shop/web:latest", reg.host);
     let out = c.kubectl(&["run", "web", "-n", "warn", &format!("--image={image}")]);
     assert!(out.ok, "{out:?}");
@@ -309,14 +326,8 @@ fn assert_one_replicaset_for(c: &Cluster, ns: &str, image: &str, window: Duratio
 #[test]
 fn reapplying_scaling_relabelling_and_a_moved_tag_make_no_new_replicaset() {
     let c = cluster();
-    let reg = Registry::plain();
-    let old = reg.push("shop/web", "1.0", &TestImage::single("storm-old"));
-    let _p = setup(
-        c,
-        "storm",
-        Some(registry_policy(&reg.host, "")),
-        Registration::new("storm"),
-    );
+    let (reg, digests, _p) = with_registry(c, "storm", &[("shop/web", "1.0", "storm-old")], "");
+    let old = digests[0].clone();
     let ns = "storm";
     let image = format!("{}/shop/web:1.0", reg.host);
     let manifest = deployment("web", &image, 1).to_string();
@@ -422,15 +433,16 @@ fn a_deployment_admitted_before_pinhook_is_not_rolled_by_it() {
 #[test]
 fn a_sidecar_added_after_pinhook_is_pinned_on_reinvocation() {
     let c = cluster();
-    let reg = Registry::plain();
-    let app = reg.push("shop/web", "1.0", &TestImage::single("reinvoke-app"));
-    let side = reg.push("mesh/proxy", "2.1", &TestImage::single("reinvoke-sidecar"));
-    let _p = setup(
+    let (reg, digests, _p) = with_registry(
         c,
         "reinvoke",
-        Some(registry_policy(&reg.host, "")),
-        Registration::new("reinvoke"),
+        &[
+            ("shop/web", "1.0", "reinvoke-app"),
+            ("mesh/proxy", "2.1", "reinvoke-sidecar"),
+        ],
+        "",
     );
+    let (app, side) = (&digests[0], &digests[1]);
     let sidecar = format!("{}/mesh/proxy:2.1", reg.host);
     // A second mutating webhook, ordered after pinhook's ("reinvoke-…" < "zz-…"), that adds a
     // sidecar with a tag, and does not ask to be called again.
@@ -486,15 +498,16 @@ fn a_sidecar_added_after_pinhook_is_pinned_on_reinvocation() {
 #[test]
 fn ephemeral_containers_are_judged_and_pinned() {
     let c = cluster();
-    let reg = Registry::plain();
-    reg.push("shop/web", "1.0", &TestImage::single("eph-app"));
-    let debug = reg.push("tools/debug", "3.2", &TestImage::single("eph-debug"));
-    let _p = setup(
+    let (reg, digests, _p) = with_registry(
         c,
         "ephemeral",
-        Some(registry_policy(&reg.host, "")),
-        Registration::new("ephemeral"),
+        &[
+            ("shop/web", "1.0", "eph-app"),
+            ("tools/debug", "3.2", "eph-debug"),
+        ],
+        "",
     );
+    let debug = &digests[1];
     let ns = "ephemeral";
     c.ok(&[
         "run",

@@ -195,42 +195,33 @@ impl Bench {
                 median(&r.concurrent) - base_c50
             )
         };
-        self.rows.push(Row {
-            figure: "11. Pod creation through kube-apiserver, a do-nothing webhook (the floor)"
-                .into(),
-            value: added(&floor),
-            baseline: baseline.clone(),
-            ratio: format!(
-                "{:.2}× (sequential p50)",
-                median(&floor.sequential) / base_p50
+        for (figure, run) in [
+            (
+                "11. Pod creation through kube-apiserver, a do-nothing webhook (the floor)",
+                &floor,
             ),
-            target: "for information".into(),
-            met: Met::Info,
-            command: cmd.clone(),
-        });
-        self.rows.push(Row {
-            figure: "11a. Pod creation through kube-apiserver, pinhook /mutate + /validate, digest cached"
-                .into(),
-            value: added(&cached),
-            baseline: baseline.clone(),
-            ratio: format!(
-                "{:.2}× (sequential p50)",
-                median(&cached.sequential) / base_p50
+            (
+                "11a. Pod creation through kube-apiserver, pinhook /mutate + /validate, digest cached",
+                &cached,
             ),
-            target: "for information".into(),
-            met: Met::Info,
-            command: cmd.clone(),
-        });
-        self.rows.push(Row {
-            figure: "11b. Pod creation through kube-apiserver, a new tag per Pod (20 ms per registry round trip)"
-                .into(),
-            value: added(&cold),
-            baseline,
-            ratio: format!("{:.2}× (sequential p50)", median(&cold.sequential) / base_p50),
-            target: "for information".into(),
-            met: Met::Info,
-            command: cmd.clone(),
-        });
+            (
+                "11b. Pod creation through kube-apiserver, a new tag per Pod (20 ms per registry round trip)",
+                &cold,
+            ),
+        ] {
+            self.rows.push(Row {
+                figure: figure.into(),
+                value: added(run),
+                baseline: baseline.clone(),
+                ratio: format!(
+                    "{:.2}× (sequential p50)",
+                    median(&run.sequential) / base_p50
+                ),
+                target: "for information".into(),
+                met: Met::Info,
+                command: cmd.clone(),
+            });
+        }
         self.rows.push(Row {
             figure: "11c. The API server's own webhook histogram, per call, sequential runs".into(),
             value: format!(
