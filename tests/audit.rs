@@ -93,6 +93,7 @@ async fn denied_request_writes_one_json_audit_line_with_every_field() {
         r["violations"],
         json!([{
             "container": "web",
+            "site": "container",
             "path": "spec.containers[0]",
             "image": "nginx:latest",
             "rule": "mutable-tag",

@@ -496,6 +496,91 @@ fn a_sidecar_added_after_pinhook_is_pinned_on_reinvocation() {
 }
 
 #[test]
+fn a_sidecar_added_by_a_mutating_admission_policy_is_pinned() {
+    let c = cluster();
+    let (reg, digests, _p) = with_registry(
+        c,
+        "map-sidecar",
+        &[
+            ("shop/web", "1.0", "map-app"),
+            ("mesh/proxy", "2.1", "map-sidecar"),
+        ],
+        "",
+    );
+    let sidecar = format!("{}/mesh/proxy:2.1", reg.host);
+    // A MutatingAdmissionPolicy (GA in 1.36) that adds a sidecar with a tag. The API server
+    // runs admission policies before webhooks, so pinhook sees the sidecar in its first call.
+    let policy = format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicy
+metadata:
+  name: e2e-add-sidecar
+spec:
+  failurePolicy: Fail
+  reinvocationPolicy: IfNeeded
+  matchConstraints:
+    resourceRules:
+      - apiGroups: [""]
+        apiVersions: ["v1"]
+        operations: ["CREATE"]
+        resources: ["pods"]
+  matchConditions:
+    - name: no-sidecar-yet
+      expression: "!object.spec.containers.exists(c, c.name == 'mesh-proxy')"
+  mutations:
+    - patchType: ApplyConfiguration
+      applyConfiguration:
+        expression: >-
+          Object{{spec: Object.spec{{containers: [Object.spec.containers{{name: "mesh-proxy", image: "{sidecar}"}}]}}}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicyBinding
+metadata:
+  name: e2e-add-sidecar
+spec:
+  policyName: e2e-add-sidecar
+  matchResources:
+    namespaceSelector:
+      matchLabels:
+        {TEST_LABEL}: map-sidecar
+"#
+    );
+    c.apply(&policy);
+    let image = format!("{}/shop/web:1.0", reg.host);
+    let created = wait_for(
+        Duration::from_secs(30),
+        "the policy to add its sidecar",
+        || {
+            let out = c.kubectl(&[
+                "run",
+                "probe",
+                "-n",
+                "map-sidecar",
+                &format!("--image={image}"),
+                "--dry-run=server",
+                "-o",
+                "json",
+            ]);
+            (out.ok && out.stdout.contains("mesh-proxy")).then_some(out.stdout)
+        },
+    );
+    let p: Value = serde_json::from_str(&created).unwrap();
+    let images: Vec<&str> = p["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        images,
+        [
+            format!("{image}@{}", digests[0]),
+            format!("{sidecar}@{}", digests[1])
+        ]
+    );
+}
+
+#[test]
 fn ephemeral_containers_are_judged_and_pinned() {
     let c = cluster();
     let (reg, digests, _p) = with_registry(

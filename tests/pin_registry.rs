@@ -672,6 +672,7 @@ async fn pinning_is_recorded_in_audit_line_annotation_and_warning() {
         rec["images"],
         json!([{
             "container": "web",
+            "site": "container",
             "path": "spec.template.spec.containers[0]",
             "image": image,
             "pinned": pinned,
