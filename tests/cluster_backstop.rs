@@ -258,8 +258,10 @@ fn with_pinhook_down_workloads_are_admitted_but_their_pods_wait_for_it() {
     ));
     c.namespace(ns, Some(ns));
     wait_registered(c, ns);
-    // A certificate of the restarted pinhook is new: put its CA in as well, as a rotation would.
     drop(pinhook);
+    // The policy is loaded asynchronously: wait until it refuses a Pod (pinhook being down, the
+    // webhooks let the probe through to it), so the Deployment's Pods cannot slip in before.
+    wait_enforced(c, ns);
 
     let image = format!("{}/shop/web:1.0", reg.host);
     c.apply_in(ns, &deployment("web", &image, 2).to_string());
@@ -269,7 +271,7 @@ fn with_pinhook_down_workloads_are_admitted_but_their_pods_wait_for_it() {
         "admitted unpinned while pinhook is down"
     );
     // The ReplicaSet controller tries to create the Pods and the backstop refuses them.
-    let refusal = wait_for(Duration::from_secs(30), "a FailedCreate event", || {
+    let refusal = wait_for(Duration::from_secs(60), "a FailedCreate event", || {
         c.items(ns, "events").into_iter().find(|e| {
             e["reason"] == "FailedCreate"
                 && e["message"]
