@@ -462,16 +462,7 @@ fn a_sidecar_added_after_pinhook_is_pinned_on_reinvocation() {
     let image = format!("{}/shop/web:1.0", reg.host);
     let pinned_sidecar = format!("{sidecar}@{side}");
     wait_for(Duration::from_secs(30), "the injector to be called", || {
-        let out = c.kubectl(&[
-            "run",
-            "probe",
-            "-n",
-            "reinvoke",
-            &format!("--image={image}"),
-            "--dry-run=server",
-            "-o",
-            "json",
-        ]);
+        let out = c.dry_run_pod("reinvoke", &image);
         (out.ok && out.stdout.contains("mesh/proxy")).then_some(())
     });
     c.ok(&["run", "app", "-n", "reinvoke", &format!("--image={image}")]);
@@ -551,16 +542,7 @@ spec:
         Duration::from_secs(30),
         "the policy to add its sidecar",
         || {
-            let out = c.kubectl(&[
-                "run",
-                "probe",
-                "-n",
-                "map-sidecar",
-                &format!("--image={image}"),
-                "--dry-run=server",
-                "-o",
-                "json",
-            ]);
+            let out = c.dry_run_pod("map-sidecar", &image);
             (out.ok && out.stdout.contains("mesh-proxy")).then_some(out.stdout)
         },
     );

@@ -32,16 +32,7 @@ fn wait_enforced(c: &Cluster, ns: &str) {
         Duration::from_secs(30),
         "the backstop to be enforced",
         || {
-            let out = c.kubectl(&[
-                "run",
-                "probe",
-                "-n",
-                ns,
-                "--image=probe:1.0",
-                "--dry-run=server",
-                "-o",
-                "name",
-            ]);
+            let out = c.dry_run_pod(ns, "probe:1.0");
             out.stderr.contains("pinhook backstop").then_some(())
         },
     );

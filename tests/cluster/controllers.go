@@ -66,20 +66,12 @@ func waitControllers(ctx context.Context, c *kubernetes.Clientset, kcmDone <-cha
 	if _, err := c.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("probe deployment: %w", err)
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
+	err = poll(ctx, 2*time.Minute, "kube-controller-manager", kcmDone, func() bool {
 		rs, err := c.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{})
-		if err == nil && len(rs.Items) == 1 && rs.Items[0].Status.ObservedGeneration >= 1 {
-			_ = c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
-			return nil
-		}
-		select {
-		case err := <-kcmDone:
-			return fmt.Errorf("kube-controller-manager exited: %v", err)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
+		return err == nil && len(rs.Items) == 1 && rs.Items[0].Status.ObservedGeneration >= 1
+	})
+	if err == nil {
+		_ = c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
 	}
-	return fmt.Errorf("controllers did not act within 2m (see controller-manager.log)")
+	return err
 }

@@ -82,7 +82,7 @@ func serve(dir, staticPolicies string) error {
 	defer stop()
 	ctx = withOwner(ctx, os.Getenv("TESTCLUSTER_OWNER_PID"))
 
-	ports, err := freePorts(4)
+	ports, err := freePorts(3)
 	if err != nil {
 		return fmt.Errorf("choosing ports: %w", err)
 	}
@@ -247,23 +247,29 @@ func clientFor(kubeconfig string) (*kubernetes.Clientset, error) {
 
 // waitReady returns once the API server's /readyz answers ok.
 func waitReady(ctx context.Context, client *kubernetes.Clientset, apiErr <-chan error) error {
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
+	return poll(ctx, 3*time.Minute, "kube-apiserver", apiErr, func() bool {
 		body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		if err == nil && string(body) == "ok" {
-			return nil
+		return err == nil && string(body) == "ok"
+	})
+}
+
+// poll calls done every 250 ms until it returns true; it gives up after limit, when ctx ends,
+// or when the component (named in errors) reports on exited that it stopped.
+func poll(ctx context.Context, limit time.Duration, component string, exited <-chan error, done func() bool) error {
+	deadline := time.Now().Add(limit)
+	for !done() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready within %v", component, limit)
 		}
 		select {
-		case err := <-apiErr:
-			return fmt.Errorf("kube-apiserver exited: %v", err)
+		case err := <-exited:
+			return fmt.Errorf("%s exited: %v", component, err)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(250 * time.Millisecond):
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("kube-apiserver not ready within 3m: %v", err)
-		}
 	}
+	return nil
 }
 
 // withOwner ends ctx once the process OWNER (a pid) is gone, so a test run that dies never

@@ -147,6 +147,22 @@ impl Cluster {
         out
     }
 
+    /// `kubectl run probe --image=IMAGE -n NS --dry-run=server -o json`: the whole admission
+    /// chain (policies, webhooks) runs, nothing is stored; stdout is the admitted Pod.
+    pub fn dry_run_pod(&self, ns: &str, image: &str) -> Out {
+        let image = format!("--image={image}");
+        self.kubectl(&[
+            "run",
+            "probe",
+            "-n",
+            ns,
+            &image,
+            "--dry-run=server",
+            "-o",
+            "json",
+        ])
+    }
+
     /// `kubectl apply -n NS -f -` of `objects`, which must succeed.
     pub fn apply_in(&self, ns: &str, objects: &str) -> Out {
         let out = self.kubectl_in(&["apply", "-n", ns, "-f", "-"], objects);
@@ -346,16 +362,7 @@ pub fn register_at(
 /// denial or its warning): the API server has loaded the webhook configurations.
 pub fn wait_registered(c: &Cluster, ns: &str) {
     wait_for(Duration::from_secs(30), "the webhooks to be called", || {
-        let out = c.kubectl(&[
-            "run",
-            "probe",
-            "-n",
-            ns,
-            "--image=127.0.0.1:1/pinhook-probe:latest",
-            "--dry-run=server",
-            "-o",
-            "name",
-        ]);
+        let out = c.dry_run_pod(ns, "127.0.0.1:1/pinhook-probe:latest");
         out.stderr.contains("pinhook").then_some(())
     });
 }
