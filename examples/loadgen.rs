@@ -52,7 +52,7 @@ struct Args {
 }
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    pinhook::config::parse_duration(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
+    pinhook::duration::parse_duration(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
 }
 
 fn parse_args() -> anyhow::Result<Args> {

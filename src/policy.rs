@@ -4,10 +4,11 @@
 use std::fmt;
 use std::path::Path;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::GlobBuilder;
 use regex::{Regex, RegexSet};
 use serde::Deserialize;
 
+use crate::patterns::Patterns;
 use crate::reference::{ImageRef, ReferenceError};
 
 /// The tags that move by convention and are denied by the built-in policy.
@@ -99,7 +100,7 @@ struct DurationStr(std::time::Duration);
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        crate::config::parse_duration(&s)
+        crate::duration::parse_duration(&s)
             .map(DurationStr)
             .map_err(serde::de::Error::custom)
     }
@@ -107,6 +108,23 @@ impl<'de> Deserialize<'de> for DurationStr {
 
 /// The default `staleIfError` window.
 pub const DEFAULT_STALE_IF_ERROR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Per-registry settings from the policy's `registries` list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// The registry host as written in image references, e.g. `registry.example.com:5000`.
+    pub host: String,
+    /// Speak plain HTTP instead of HTTPS.
+    #[serde(default)]
+    pub insecure: bool,
+    /// A PEM file of CA certificates to trust for this registry (in addition to the system's).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Pull-through mirrors tried in order before the registry itself.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+}
 
 /// A policy file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -131,48 +149,6 @@ pub enum PolicyError {
         /// What is wrong.
         message: String,
     },
-}
-
-/// A list of glob patterns compiled into one matcher.
-#[derive(Debug, Clone, Default)]
-pub struct Patterns {
-    set: GlobSet,
-    sources: Vec<String>,
-}
-
-impl Patterns {
-    /// Compiles `patterns`; `case_insensitive` for tags and hosts.
-    pub fn new<S: AsRef<str>>(patterns: &[S], case_insensitive: bool) -> Result<Self, String> {
-        let mut builder = GlobSetBuilder::new();
-        let mut sources = Vec::with_capacity(patterns.len());
-        for p in patterns {
-            let p = p.as_ref();
-            let glob = GlobBuilder::new(p)
-                .case_insensitive(case_insensitive)
-                .literal_separator(false)
-                .build()
-                .map_err(|e| format!("invalid glob {p:?}: {}", e.kind()))?;
-            builder.add(glob);
-            sources.push(p.to_owned());
-        }
-        let set = builder.build().map_err(|e| e.to_string())?;
-        Ok(Self { set, sources })
-    }
-
-    /// True when any pattern matches `text`.
-    pub fn is_match(&self, text: &str) -> bool {
-        !self.sources.is_empty() && self.set.is_match(text)
-    }
-
-    /// True when there are no patterns.
-    pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
-    }
-
-    /// The patterns as written.
-    pub fn sources(&self) -> &[String] {
-        &self.sources
-    }
 }
 
 /// One glob, checked where it is written so an error names its line.
@@ -273,7 +249,7 @@ struct PolicyFile {
     stale_if_error: Option<DurationStr>,
     exempt_namespaces: Option<GlobList<false>>,
     #[serde(default)]
-    registries: Vec<crate::resolve::registry::RegistrySettings>,
+    registries: Vec<RegistrySettings>,
     #[serde(default)]
     rules: Vec<RuleFile>,
 }
@@ -511,7 +487,7 @@ pub struct Policy {
     base: Profile,
     exempt_namespaces: Patterns,
     rules: Vec<(Patterns, Profile)>,
-    registries: Vec<crate::resolve::registry::RegistrySettings>,
+    registries: Vec<RegistrySettings>,
     source: String,
 }
 
@@ -579,7 +555,7 @@ impl Policy {
         let defaults = Profile {
             mode: Mode::Enforce,
             mutable_tags: Patterns::new(DEFAULT_MUTABLE_TAGS, true)
-                .map_err(|e| invalid("mutableTags", e))?,
+                .map_err(|e| invalid("mutableTags", e.to_string()))?,
             allowed_tags: None,
             allowed_registries: Patterns::default(),
             exempt_images: Patterns::default(),
@@ -604,7 +580,7 @@ impl Policy {
         let exempt_namespaces = match exempt_namespaces {
             Some(GlobList(p)) => p,
             None => Patterns::new(DEFAULT_EXEMPT_NAMESPACES, false)
-                .map_err(|e| invalid("exemptNamespaces", e))?,
+                .map_err(|e| invalid("exemptNamespaces", e.to_string()))?,
         };
         let mut rules = Vec::with_capacity(parsed_rules.len());
         for (i, rule) in parsed_rules.into_iter().enumerate() {
@@ -640,7 +616,7 @@ impl Policy {
     }
 
     /// Per-registry settings (`registries`).
-    pub fn registries(&self) -> &[crate::resolve::registry::RegistrySettings] {
+    pub fn registries(&self) -> &[RegistrySettings] {
         &self.registries
     }
 

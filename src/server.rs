@@ -24,7 +24,8 @@ use kube::core::admission::{
 use crate::admission;
 use crate::audit::{self, RequestInfo};
 use crate::bootstrap::{self, Bootstrap, BootstrapError, Material};
-use crate::config::{ServeArgs, parse_duration};
+use crate::config::ServeArgs;
+use crate::duration::parse_duration;
 use crate::metrics::{EndpointLabels, Metrics, ReloadLabels, ViolationLabels};
 use crate::mutate::Pinner;
 use crate::policy::{Policy, PolicyError};

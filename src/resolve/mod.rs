@@ -9,13 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
 use moka::ops::compute::{CompResult, Op};
 
 use crate::metrics::{Metrics, RegistryLabels};
-use crate::policy::Patterns;
+use crate::patterns::Patterns;
+use crate::policy::RegistrySettings;
 use crate::reference::ImageRef;
 use auth::{Credential, Keyring};
-use registry::{Exchange, RegistrySettings, Transport};
+pub use registry::RegistryConfigError;
+use registry::{Exchange, Transport};
 
 /// Why a tag could not be resolved.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -275,6 +278,53 @@ impl moka::Expiry<Key, Cached> for CacheExpiry {
     }
 }
 
+/// The seam between `/mutate` and the registries: the [`Resolver`] in production, a fake in
+/// tests of the admission rules.
+pub trait Resolve: Send + Sync + std::fmt::Debug {
+    /// Resolves `image`'s tag before `deadline`; with `fresh`, not from an earlier answer.
+    fn resolve<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        scope: &'a Scope,
+        deadline: Instant,
+        fresh: bool,
+    ) -> BoxFuture<'a, Result<Resolved, ResolveError>>;
+
+    /// Number of cached answers, for `/metrics`.
+    fn cached_entries(&self) -> BoxFuture<'_, u64>;
+
+    /// Takes the `registries` of a reloaded policy; an unusable `caFile` refuses the reload.
+    fn reconfigure(
+        &self,
+        registries: &[RegistrySettings],
+        call_timeout: Duration,
+    ) -> Result<(), RegistryConfigError>;
+}
+
+impl Resolve for Resolver {
+    fn resolve<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        scope: &'a Scope,
+        deadline: Instant,
+        fresh: bool,
+    ) -> BoxFuture<'a, Result<Resolved, ResolveError>> {
+        Box::pin(Resolver::resolve(self, image, scope, deadline, fresh))
+    }
+
+    fn cached_entries(&self) -> BoxFuture<'_, u64> {
+        Box::pin(self.counted_entries())
+    }
+
+    fn reconfigure(
+        &self,
+        registries: &[RegistrySettings],
+        call_timeout: Duration,
+    ) -> Result<(), RegistryConfigError> {
+        Resolver::reconfigure(self, registries, call_timeout)
+    }
+}
+
 /// Resolves tags to digests, with a cache shared by all admissions.
 pub struct Resolver {
     transport: ArcSwap<Transport>,
@@ -298,7 +348,7 @@ impl Resolver {
         registries: &[RegistrySettings],
         settings: &ResolverSettings,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RegistryConfigError> {
         Ok(Self {
             transport: ArcSwap::from_pointee(Transport::new(registries, settings.call_timeout)?),
             cache: moka::future::Cache::builder()
@@ -318,7 +368,7 @@ impl Resolver {
         &self,
         registries: &[RegistrySettings],
         call_timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistryConfigError> {
         self.transport
             .store(Arc::new(Transport::new(registries, call_timeout)?));
         Ok(())

@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,8 @@ use sha2::{Digest, Sha256};
 
 use super::ResolveError;
 use super::auth::Credential;
-use crate::policy::Patterns;
+use crate::patterns::Patterns;
+use crate::policy::RegistrySettings;
 
 /// The `Accept` header: OCI index, OCI manifest, Docker manifest list, Docker manifest v2
 /// (checked against oci-client's constants in a test).
@@ -29,21 +29,39 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, appl
 const AWS_METADATA_V6: std::net::Ipv6Addr =
     std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 
-/// Per-registry settings from the policy's `registries` list.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RegistrySettings {
-    /// The registry host as written in image references, e.g. `registry.example.com:5000`.
-    pub host: String,
-    /// Speak plain HTTP instead of HTTPS.
-    #[serde(default)]
-    pub insecure: bool,
-    /// A PEM file of CA certificates to trust for this registry (in addition to the system's).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Pull-through mirrors tried in order before the registry itself.
-    #[serde(default)]
-    pub mirrors: Vec<String>,
+/// The policy's `registries` list cannot be turned into HTTP clients.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryConfigError {
+    /// The default client could not be built (no TLS roots, …).
+    #[error("cannot build HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// A `caFile` is unusable.
+    #[error("registries[{host}].caFile {}: {problem}", file.display())]
+    CaFile {
+        /// The registry entry's host.
+        host: String,
+        /// The file named.
+        file: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: CaFileProblem,
+    },
+}
+
+/// What is wrong with a `caFile`.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileProblem {
+    /// It cannot be read.
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// It is not PEM.
+    #[error("not PEM certificates: {0}")]
+    NotPem(reqwest::Error),
+    /// It holds no certificate.
+    #[error("no certificate found")]
+    Empty,
+    /// Its certificates cannot be used by the TLS client.
+    #[error("{0}")]
+    Client(reqwest::Error),
 }
 
 /// True for addresses pinhook never contacts: link-local (cloud metadata lives there), the
@@ -214,10 +232,13 @@ fn client_builder(call_timeout: Duration) -> reqwest::ClientBuilder {
 
 impl Transport {
     /// Builds clients for `registries`; a `caFile` that cannot be read or parsed is an error.
-    pub fn new(registries: &[RegistrySettings], call_timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        registries: &[RegistrySettings],
+        call_timeout: Duration,
+    ) -> Result<Self, RegistryConfigError> {
         let default = client_builder(call_timeout)
             .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+            .map_err(RegistryConfigError::Client)?;
         let mut per_host = HashMap::new();
         let mut insecure = HashSet::new();
         let mut mirrors = HashMap::new();
@@ -230,29 +251,22 @@ impl Transport {
                 }
             }
             if let Some(ca) = &r.ca_file {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| format!("registries[{}].caFile {}: {e}", r.host, ca.display()))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    format!(
-                        "registries[{}].caFile {}: not PEM certificates: {e}",
-                        r.host,
-                        ca.display()
-                    )
-                })?;
+                let ca_error = |problem| RegistryConfigError::CaFile {
+                    host: r.host.clone(),
+                    file: ca.clone(),
+                    problem,
+                };
+                let pem = std::fs::read(ca).map_err(|e| ca_error(CaFileProblem::Read(e)))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| ca_error(CaFileProblem::NotPem(e)))?;
                 if certs.is_empty() {
-                    return Err(format!(
-                        "registries[{}].caFile {}: no certificate found",
-                        r.host,
-                        ca.display()
-                    ));
+                    return Err(ca_error(CaFileProblem::Empty));
                 }
                 let mut b = client_builder(call_timeout);
                 for c in certs {
                     b = b.add_root_certificate(c);
                 }
-                let client = b
-                    .build()
-                    .map_err(|e| format!("registries[{}].caFile {}: {e}", r.host, ca.display()))?;
+                let client = b.build().map_err(|e| ca_error(CaFileProblem::Client(e)))?;
                 for h in std::iter::once(&host).chain(r.mirrors.iter()) {
                     per_host.insert(h.to_ascii_lowercase(), client.clone());
                 }
@@ -937,7 +951,8 @@ mod tests {
             }],
             Duration::from_secs(1),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with("registries[r.io].caFile /nonexistent/ca.pem:"),
             "{err}"
