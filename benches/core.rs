@@ -9,11 +9,12 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
-use pinhook::admission;
-use pinhook::pin::{self, PinResult, Pinning};
-use pinhook::policy::{OnResolveFailure, Policy};
+use pinhook::admission::{self, Endpoint};
+use pinhook::answer::Answer;
+use pinhook::pin::PinResult;
+use pinhook::policy::Policy;
 use pinhook::reference::ImageRef;
-use pinhook::workload::WorkloadKind;
+use pinhook::server;
 
 const DIGEST: &str = "sha256:7b3ccabffc97de872a30dfd234fd972a66d247c8cfc69b0550f276481852627c";
 
@@ -81,7 +82,7 @@ rules:
     });
     let req = request();
     g.bench_function("review/deployment", |b| {
-        b.iter(|| admission::review(&builtin, black_box(&req)))
+        b.iter(|| admission::review(&builtin, black_box(&req), Endpoint::Validate))
     });
     g.finish();
 }
@@ -89,55 +90,30 @@ rules:
 fn patch_building(c: &mut Criterion) {
     let policy = Policy::default();
     let req = request();
-    let profile = policy.profile_for("shop").expect("profile");
-    let object = req.object.as_ref().expect("object");
-    let decision = admission::review(&policy, &req);
     let mut g = c.benchmark_group("pin");
     g.bench_function("plan/deployment", |b| {
-        b.iter(|| {
-            pin::plan(
-                profile,
-                WorkloadKind::Deployment,
-                &object.metadata,
-                black_box(&object.data),
-                None,
-                false,
-            )
-        })
+        b.iter(|| admission::review(&policy, black_box(&req), Endpoint::Mutate))
     });
-    let targets = pin::plan(
-        profile,
-        WorkloadKind::Deployment,
-        &object.metadata,
-        &object.data,
-        None,
-        false,
-    )
-    .expect("targets");
-    let pinning = Pinning {
-        results: targets
-            .into_iter()
-            .map(|t| {
-                (
-                    t,
-                    PinResult::Pinned {
-                        digest: DIGEST.into(),
-                    },
-                )
-            })
-            .collect(),
-        keep_tag: true,
-        on_failure: OnResolveFailure::Deny,
-    };
-    g.bench_function("patch/3-images", |b| b.iter(|| black_box(&pinning).patch()));
+    let decision = admission::review(&policy, &req, Endpoint::Mutate);
+    let results: Vec<PinResult> = decision
+        .targets()
+        .iter()
+        .map(|_| PinResult::Pinned {
+            digest: DIGEST.into(),
+        })
+        .collect();
+    g.bench_function("patch/3-images", |b| {
+        b.iter(|| Answer::new(black_box(&decision), &results).patch)
+    });
     g.bench_function("answer/mutate-3-images", |b| {
         b.iter(|| {
-            let resp = decision.respond_mutate(Some(black_box(&pinning)), &req);
-            admission::review_json(resp)
+            let answer = Answer::new(black_box(&decision), &results);
+            server::review_json(&req.uid, &answer)
         })
     });
+    let validated = admission::review(&policy, &req, Endpoint::Validate);
     g.bench_function("answer/validate", |b| {
-        b.iter(|| admission::review_json(decision.respond(black_box(&req))))
+        b.iter(|| server::review_json(&req.uid, &Answer::new(black_box(&validated), &[])))
     });
     g.finish();
 }

@@ -3,7 +3,7 @@
 //! (ring), HTTP/2 and HTTP/1.1 offered by ALPN, the same certificate loader — doing the least
 //! an admission webhook can do: read the AdmissionReview body, parse it with kube's types
 //! exactly as pinhook does, and answer `allowed: true` for the request's uid, serialized as
-//! pinhook serializes its answers (`pinhook::admission::review_json`).
+//! pinhook serializes its answers (`pinhook::server::review_json`).
 //!
 //! ```text
 //! baseline --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 --tls-cert tls.crt --tls-key tls.key
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum_server::tls_rustls::RustlsConfig;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionReview};
 
 /// Parses the review and allows it; a body that is not a review gets 400, as in pinhook.
 async fn review(body: Bytes) -> Response {
@@ -37,7 +37,7 @@ async fn review(body: Bytes) -> Response {
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     // The cheapest serialization of the answer there is in the repository: pinhook's own.
-    match pinhook::admission::review_json(AdmissionResponse::from(&request)) {
+    match pinhook::server::review_json(&request.uid, &pinhook::answer::Answer::allow()) {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,

@@ -1,23 +1,42 @@
-//! AdmissionReview in, decision out: which containers break the policy, and the
-//! `AdmissionResponse` (denial, warnings, audit annotations) that says so.
+//! One pass over a request: read it once into a [`View`], judge each image site once, and
+//! record the [`Decision`]: which images break the policy and which `/mutate` must resolve.
+//! Pure; the answer's words are written by [`answer`](crate::answer).
 //!
 //! Contract: <https://kubernetes.io/docs/reference/access-authn-authz/extensible-admission-controllers/>
 
-use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
-use kube::core::admission::{
-    AdmissionRequest, AdmissionResponse, META_API_VERSION_V1, META_KIND, Operation,
-};
-use kube::core::{DynamicObject, Status};
+use json_patch::jsonptr::PointerBuf;
+use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::{DynamicObject, ObjectMeta};
 use serde_json::Value;
 
-use crate::pin::Pinning;
-use crate::policy::{Mode, Policy, Profile, Reason, Verdict};
-use crate::workload::{self, ContainerImage, ImageField, WorkloadKind};
+use crate::patterns::Patterns;
+use crate::pin::{self, NoPin, Source, Target};
+use crate::policy::{Mode, OnResolveFailure, Policy, Profile, Reason, Verdict};
+use crate::workload::{
+    self, Before, ContainerImage, ImageField, Manifest, PullCredentials, WorkloadKind,
+};
 
-/// Warnings longer than this are truncated by kubectl.
-pub const WARNING_MAX_CHARS: usize = 119;
+/// The webhook endpoint that asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `/validate`: judge only.
+    Validate,
+    /// `/mutate`: judge, then pin what is allowed.
+    Mutate,
+}
+
+impl Endpoint {
+    /// `validate` or `mutate`, as in metrics and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Validate => "validate",
+            Endpoint::Mutate => "mutate",
+        }
+    }
+}
 
 /// The object a request is about, for messages and audit records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +66,7 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// One container whose image breaks the policy.
+/// One container (or image volume) whose image breaks the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     /// The container's (or image volume's) name.
@@ -57,7 +76,7 @@ pub struct Finding {
     /// Field path for people, e.g. `spec.template.spec.containers[0]`.
     pub path: String,
     /// JSON pointer to the image field.
-    pub pointer: String,
+    pub pointer: PointerBuf,
     /// The image string as written.
     pub image: String,
     /// Why it is not acceptable.
@@ -75,45 +94,6 @@ impl Finding {
             reason,
         }
     }
-
-    /// The full sentence: which container, which image, what rule, how to fix it.
-    pub fn message(&self) -> String {
-        format!(
-            "{} {:?} ({}): {}",
-            self.noun,
-            self.container,
-            self.path,
-            self.reason.describe(&self.image)
-        )
-    }
-
-    /// A warning line under [`WARNING_MAX_CHARS`], shortening the image in the middle if needed.
-    pub fn warning(&self) -> String {
-        let make = |image: &str| {
-            format!(
-                "pinhook: {} {:?}: image {:?} {}",
-                self.noun,
-                self.container,
-                image,
-                self.reason.brief()
-            )
-        };
-        let full = make(&self.image);
-        let excess = full.chars().count().saturating_sub(WARNING_MAX_CHARS);
-        if excess == 0 {
-            return full;
-        }
-        let chars: Vec<char> = self.image.chars().collect();
-        let keep = chars.len().saturating_sub(excess + 1);
-        let head = keep / 2;
-        let tail = keep - head;
-        let short: String = chars[..head]
-            .iter()
-            .chain(['…'].iter())
-            .chain(chars[chars.len() - tail..].iter())
-            .collect();
-        make(&short).chars().take(WARNING_MAX_CHARS).collect()
-    }
 }
 
 /// Why a request was let through without judging its images.
@@ -129,19 +109,6 @@ pub enum Skip {
     ExemptNamespace,
     /// No object in the request.
     NoObject,
-}
-
-/// What pinhook decided about one request, as data; the HTTP layer only serializes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    /// The object concerned.
-    pub object: ObjectRef,
-    /// The mode that applied, or `None` when the request was not judged.
-    pub mode: Option<Mode>,
-    /// Why it was not judged, if it was not.
-    pub skipped: Option<Skip>,
-    /// Every offending container.
-    pub findings: Vec<Finding>,
 }
 
 /// The outcome of a decision, as reported in metrics and the audit trail.
@@ -169,7 +136,163 @@ impl Outcome {
     }
 }
 
+/// A request (or manifest) read once: what it is about, and the objects to judge.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'r> {
+    /// The workload kind.
+    pub kind: WorkloadKind,
+    /// The new object.
+    pub body: &'r Value,
+    /// The new object's metadata, where it was read apart from the body.
+    pub meta: Option<&'r ObjectMeta>,
+    /// The old object, on update.
+    pub old: Option<&'r Value>,
+    /// The old object's metadata, on update.
+    pub old_meta: Option<&'r ObjectMeta>,
+}
+
+/// A request that is not judged, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The object concerned.
+    pub object: ObjectRef,
+    /// Why.
+    pub skip: Skip,
+}
+
+impl<'r> View<'r> {
+    /// Reads an admission request, or says why it is not judged.
+    pub fn of_request(
+        req: &'r AdmissionRequest<DynamicObject>,
+    ) -> (ObjectRef, Result<View<'r>, Skip>) {
+        let object_meta = req
+            .object
+            .as_ref()
+            .or(req.old_object.as_ref())
+            .map(|o| &o.metadata);
+        let object = ObjectRef {
+            kind: req.kind.kind.clone(),
+            namespace: req
+                .namespace
+                .clone()
+                .or_else(|| object_meta.and_then(|m| m.namespace.clone()))
+                .unwrap_or_default(),
+            name: if req.name.is_empty() {
+                object_meta.and_then(|m| m.name.clone()).unwrap_or_default()
+            } else {
+                req.name.clone()
+            },
+            generate_name: object_meta
+                .and_then(|m| m.generate_name.clone())
+                .unwrap_or_default(),
+        };
+        let view = (|| {
+            let kind = WorkloadKind::from_group_kind(&req.kind.group, &req.kind.kind)
+                .ok_or(Skip::UnknownKind)?;
+            if !matches!(req.operation, Operation::Create | Operation::Update) {
+                return Err(Skip::Operation);
+            }
+            match req.sub_resource.as_deref() {
+                None | Some("") => {}
+                Some("ephemeralcontainers") if kind == WorkloadKind::Pod => {}
+                Some(_) => return Err(Skip::Subresource),
+            }
+            let new = req.object.as_ref().ok_or(Skip::NoObject)?;
+            let old = match req.operation {
+                Operation::Update => req.old_object.as_ref(),
+                _ => None,
+            };
+            Ok(View {
+                kind,
+                body: &new.data,
+                meta: Some(&new.metadata),
+                old: old.map(|o| &o.data),
+                old_meta: old.map(|o| &o.metadata),
+            })
+        })();
+        (object, view)
+    }
+
+    /// Reads a manifest found in a file; its namespace is `default_namespace` when unset.
+    pub fn of_manifest(m: &Manifest<'r>, default_namespace: &str) -> (ObjectRef, View<'r>) {
+        let object = ObjectRef {
+            kind: m.kind.name().to_owned(),
+            namespace: if m.namespace.is_empty() {
+                default_namespace
+            } else {
+                m.namespace
+            }
+            .to_owned(),
+            name: m.name.to_owned(),
+            generate_name: m.generate_name.to_owned(),
+        };
+        let view = View {
+            kind: m.kind,
+            body: m.body,
+            meta: None,
+            old: None,
+            old_meta: None,
+        };
+        (object, view)
+    }
+}
+
+/// What `/mutate` must resolve for one object, and the profile's settings for the answer.
+#[derive(Debug, Clone)]
+pub struct PinPlan {
+    /// The images to pin, in site order (never empty).
+    pub targets: Vec<Target>,
+    /// The pod's pull secrets and service account (empty when nothing is asked of a registry).
+    pub credentials: PullCredentials,
+    /// `allowedRegistries` of the profile, when set and something is asked of a registry.
+    pub allowed_registries: Option<Patterns>,
+    /// `staleIfError` of the profile.
+    pub stale_if_error: Duration,
+    /// `keepTag` of the profile.
+    pub keep_tag: bool,
+    /// `onResolveFailure` of the profile.
+    pub on_failure: OnResolveFailure,
+}
+
+impl PinPlan {
+    /// True when some target needs the registry (or the cache), not only the old object.
+    pub fn needs_registry(&self) -> bool {
+        self.targets
+            .iter()
+            .any(|t| matches!(t.source, Source::Resolve | Source::Refresh))
+    }
+}
+
+/// What pinhook decided about one request, as data.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The object concerned.
+    pub object: ObjectRef,
+    /// The endpoint that asked.
+    pub endpoint: Endpoint,
+    /// The mode that applied, or `None` when the request was not judged.
+    pub mode: Option<Mode>,
+    /// Why it was not judged, if it was not.
+    pub skipped: Option<Skip>,
+    /// Every offending container.
+    pub findings: Vec<Finding>,
+    /// What `/mutate` pins, or why nothing.
+    pub pin: Result<PinPlan, NoPin>,
+}
+
 impl Decision {
+    /// A request let through without judging.
+    pub fn skipped(object: ObjectRef, endpoint: Endpoint, skip: Skip) -> Self {
+        Self {
+            object,
+            endpoint,
+            mode: None,
+            skipped: Some(skip),
+            findings: Vec::new(),
+            pin: Err(NoPin::NotRequested),
+        }
+    }
+
     /// Allowed, denied, warned or audited.
     pub fn outcome(&self) -> Outcome {
         match (self.findings.is_empty(), self.mode) {
@@ -180,273 +303,138 @@ impl Decision {
         }
     }
 
-    /// The denial text: the object, then every finding on its own line.
-    pub fn denial_message(&self) -> String {
-        let n = self.findings.len();
-        let mut msg = format!(
-            "pinhook denied {}: {n} image{} violate{} the image policy:",
-            self.object,
-            if n == 1 { "" } else { "s" },
-            if n == 1 { "s" } else { "" },
-        );
-        for f in &self.findings {
-            msg.push_str("\n- ");
-            msg.push_str(&f.message());
-        }
-        msg
-    }
-
-    /// `container=image` pairs for the audit annotation.
-    pub fn images_annotation(&self) -> String {
-        self.findings
-            .iter()
-            .map(|f| {
-                format!(
-                    "{}={} ({})",
-                    crate::workload::label(f.noun, &f.container),
-                    f.image,
-                    f.reason.code()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// The admission response for `req` carrying this decision.
-    pub fn respond<T: kube::Resource>(&self, req: &AdmissionRequest<T>) -> AdmissionResponse {
-        let mut resp = AdmissionResponse::from(req);
-        let outcome = self.outcome();
-        if outcome == Outcome::Allowed {
-            return resp;
-        }
-        let key = match outcome {
-            Outcome::Denied => "rejected-images",
-            Outcome::Warned => "warned-images",
-            _ => "audited-images",
-        };
-        resp.audit_annotations = HashMap::from([
-            (key.to_owned(), self.images_annotation()),
-            (
-                "mode".to_owned(),
-                self.mode.map(Mode::as_str).unwrap_or_default().to_owned(),
-            ),
-        ]);
-        match outcome {
-            Outcome::Denied => {
-                resp = resp.deny(self.denial_message());
-                resp.result = Status::failure(&resp.result.message, "Forbidden").with_code(403);
-            }
-            Outcome::Warned => {
-                resp.warnings = Some(self.findings.iter().map(Finding::warning).collect())
-            }
-            _ => {}
-        }
-        resp
+    /// The images to resolve (empty when nothing is pinned).
+    pub fn targets(&self) -> &[Target] {
+        self.pin.as_ref().map_or(&[], |p| &p.targets)
     }
 }
 
-impl Decision {
-    /// The /mutate response: the policy decision first, then pinning (patch, warnings,
-    /// annotations), or a denial when a tag cannot be pinned and the policy says deny.
-    pub fn respond_mutate<T: kube::Resource>(
-        &self,
-        pinning: Option<&Pinning>,
-        req: &AdmissionRequest<T>,
-    ) -> AdmissionResponse {
-        let mut resp = self.respond(req);
-        let Some(p) = pinning else { return resp };
-        if !resp.allowed {
-            return resp;
-        }
-        let denials = p.denials();
-        if !denials.is_empty() {
-            let n = denials.len();
-            let mut msg = format!(
-                "pinhook could not pin {}: {n} image{} could not be resolved to a digest:",
-                self.object,
-                if n == 1 { "" } else { "s" }
-            );
-            for d in &denials {
-                msg.push_str("\n- ");
-                msg.push_str(d);
-            }
-            resp.audit_annotations
-                .insert("unresolved-images".to_owned(), denials.join("; "));
-            resp = resp.deny(&msg);
-            resp.result = Status::failure(&msg, "Forbidden").with_code(403);
-            return resp;
-        }
-        let patch = p.patch();
-        if !patch.0.is_empty() {
-            resp = match resp.clone().with_patch(patch) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot serialize patch");
-                    resp
-                }
-            };
-        }
-        let warnings = p.warnings();
-        if !warnings.is_empty() {
-            resp.warnings.get_or_insert_with(Vec::new).extend(warnings);
-        }
-        resp.audit_annotations.extend(p.audit_annotations());
-        resp
-    }
-}
-
-/// The AdmissionReview answer as the API server reads it: `admission.k8s.io/v1`, and the patch
-/// as base64 (kube's type holds raw bytes, which JSON would write as an array of numbers).
-/// Written in one pass, with the fields of kube's `AdmissionResponse`.
-pub fn review_json(resp: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
-    use base64::Engine;
-
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Review<'a> {
-        api_version: &'static str,
-        kind: &'static str,
-        response: Response<'a>,
-    }
-
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Response<'a> {
-        uid: &'a str,
-        allowed: bool,
-        status: &'a Status,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        patch: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        patch_type: Option<&'static str>,
-        #[serde(skip_serializing_if = "HashMap::is_empty")]
-        audit_annotations: &'a HashMap<String, String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        warnings: Option<&'a Vec<String>>,
-    }
-
-    let patch = resp
-        .patch
-        .as_ref()
-        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
-    let review = Review {
-        api_version: META_API_VERSION_V1,
-        kind: META_KIND,
-        response: Response {
-            uid: &resp.uid,
-            allowed: resp.allowed,
-            status: &resp.result,
-            // kube sets the patch type with the patch, and JSONPatch is the only one there is.
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
-            audit_annotations: &resp.audit_annotations,
-            warnings: resp.warnings.as_ref(),
-        },
-    };
-    let mut out = Vec::with_capacity(512);
-    serde_json::to_writer(&mut out, &review)?;
-    Ok(out)
-}
-
-/// The findings for one object of `kind` under `profile`; on update only new or changed images count.
-pub fn findings(
-    profile: &Profile,
-    kind: WorkloadKind,
-    object: &Value,
-    old: Option<&Value>,
-) -> Vec<Finding> {
-    let mut list = workload::containers(kind, object);
-    if let Some(old) = old {
-        list = workload::changed(list, &workload::containers(kind, old));
-    }
-    list.iter()
-        .filter_map(|c| match c.image {
-            ImageField::Unset => None,
-            ImageField::NotAString => Some(Finding::new(
-                c,
-                "<not a string>",
-                Reason::InvalidReference("the image field is not a string".into()),
-            )),
-            ImageField::Str(image) => match profile.judge(image) {
-                Verdict::Rejected(reason) => Some(Finding::new(c, image, reason)),
-                Verdict::Exempt | Verdict::Accepted(_) => None,
-            },
-        })
-        .collect()
-}
-
-/// Decides an object under `policy` in `namespace` (shared by the webhook and `pinhook check`).
-pub fn decide(
+/// Decides an admission request under `policy` for `endpoint`.
+pub fn review(
     policy: &Policy,
-    kind: WorkloadKind,
-    object: ObjectRef,
-    body: &Value,
-    old: Option<&Value>,
+    req: &AdmissionRequest<DynamicObject>,
+    endpoint: Endpoint,
 ) -> Decision {
+    let (object, view) = View::of_request(req);
+    match view {
+        Ok(view) => decide(policy, object, view, endpoint),
+        Err(skip) => Decision::skipped(object, endpoint, skip),
+    }
+}
+
+/// Decides one object: each image site is judged once, for the findings (new or changed
+/// images only) and, on `/mutate`, for the pinning plan.
+pub fn decide(policy: &Policy, object: ObjectRef, view: View<'_>, endpoint: Endpoint) -> Decision {
     let Some(profile) = policy.profile_for(&object.namespace) else {
-        return Decision {
-            object,
-            mode: None,
-            skipped: Some(Skip::ExemptNamespace),
-            findings: Vec::new(),
+        return Decision::skipped(object, endpoint, Skip::ExemptNamespace);
+    };
+    let pinning = pinning_wanted(profile, &view, endpoint);
+    let refresh = pinning.is_ok()
+        && view
+            .meta
+            .is_some_and(|m| pin::refresh_requested(m, view.old_meta));
+    let before = Before::of(view.kind, view.old);
+    let mut findings = Vec::new();
+    let mut targets = Vec::new();
+    for site in workload::containers(view.kind, view.body) {
+        let was = before.image(&site);
+        let changed = was.is_none_or(|w| w != site.image);
+        let image = match site.image {
+            ImageField::Str(image) => image,
+            ImageField::NotAString if changed => {
+                findings.push(Finding::new(
+                    &site,
+                    "<not a string>",
+                    Reason::InvalidReference("the image field is not a string".into()),
+                ));
+                continue;
+            }
+            _ => continue,
         };
+        let source = match pinning {
+            Ok(()) => pin::source(
+                image,
+                match was {
+                    Some(ImageField::Str(w)) => Some(w),
+                    _ => None,
+                },
+                refresh,
+                view.kind,
+            ),
+            Err(_) => None,
+        };
+        if !changed && source.is_none() {
+            continue;
+        }
+        let (accepted, rejected) = match profile.judge(image) {
+            Verdict::Accepted(r) => (Some(r), None),
+            Verdict::Rejected(reason) => (None, Some(reason)),
+            Verdict::Exempt => (None, None),
+        };
+        if let Some(source) = source
+            && let Some(reference) =
+                pin::candidate(profile.mode, accepted, rejected.as_ref(), image)
+        {
+            targets.push(Target {
+                container: site.name.to_owned(),
+                noun: site.noun(),
+                path: site.path(),
+                pointer: site.pointer(),
+                image: image.to_owned(),
+                reference,
+                source,
+            });
+        }
+        if changed && let Some(reason) = rejected {
+            findings.push(Finding::new(&site, image, reason));
+        }
+    }
+    let denied = profile.mode == Mode::Enforce && !findings.is_empty();
+    let pin = match pinning {
+        Err(why) => Err(why),
+        Ok(()) if denied => Err(NoPin::Denied),
+        Ok(()) if targets.is_empty() => Err(NoPin::Nothing),
+        Ok(()) => {
+            let mut plan = PinPlan {
+                targets,
+                credentials: PullCredentials::default(),
+                allowed_registries: None,
+                stale_if_error: profile.stale_if_error,
+                keep_tag: profile.keep_tag,
+                on_failure: profile.on_resolve_failure,
+            };
+            if plan.needs_registry() {
+                plan.credentials = workload::pull_credentials(view.kind, view.body);
+                plan.allowed_registries = (!profile.allowed_registries.is_empty())
+                    .then(|| profile.allowed_registries.clone());
+            }
+            Ok(plan)
+        }
     };
     Decision {
-        findings: findings(profile, kind, body, old),
         object,
+        endpoint,
         mode: Some(profile.mode),
         skipped: None,
+        findings,
+        pin,
     }
 }
 
-/// Decides an admission request under `policy`.
-pub fn review(policy: &Policy, req: &AdmissionRequest<DynamicObject>) -> Decision {
-    let object_meta = req
-        .object
-        .as_ref()
-        .or(req.old_object.as_ref())
-        .map(|o| &o.metadata);
-    let object = ObjectRef {
-        kind: req.kind.kind.clone(),
-        namespace: req
-            .namespace
-            .clone()
-            .or_else(|| object_meta.and_then(|m| m.namespace.clone()))
-            .unwrap_or_default(),
-        name: if req.name.is_empty() {
-            object_meta.and_then(|m| m.name.clone()).unwrap_or_default()
-        } else {
-            req.name.clone()
-        },
-        generate_name: object_meta
-            .and_then(|m| m.generate_name.clone())
-            .unwrap_or_default(),
-    };
-    let skip = |skip| Decision {
-        object: object.clone(),
-        mode: None,
-        skipped: Some(skip),
-        findings: Vec::new(),
-    };
-    let Some(kind) = WorkloadKind::from_group_kind(&req.kind.group, &req.kind.kind) else {
-        return skip(Skip::UnknownKind);
-    };
-    if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return skip(Skip::Operation);
+/// Whether `/mutate` may pin this object at all.
+fn pinning_wanted(profile: &Profile, view: &View<'_>, endpoint: Endpoint) -> Result<(), NoPin> {
+    if endpoint != Endpoint::Mutate {
+        return Err(NoPin::NotRequested);
     }
-    match req.sub_resource.as_deref() {
-        None | Some("") => {}
-        Some("ephemeralcontainers") if kind == WorkloadKind::Pod => {}
-        Some(_) => return skip(Skip::Subresource),
+    if !profile.pin {
+        return Err(NoPin::Disabled);
     }
-    let Some(new) = req.object.as_ref() else {
-        return skip(Skip::NoObject);
-    };
-    let old = match req.operation {
-        Operation::Update => req.old_object.as_ref().map(|o| &o.data),
-        _ => None,
-    };
-    decide(policy, kind, object, &new.data, old)
+    if view.kind != WorkloadKind::Pod
+        && let Some(owner) = view.meta.and_then(pin::controller_of)
+    {
+        return Err(NoPin::Controlled(owner));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -454,6 +442,8 @@ mod tests {
     use super::*;
     use kube::core::admission::AdmissionReview;
     use serde_json::json;
+
+    const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
     fn request(
         kind: (&str, &str),
@@ -483,7 +473,7 @@ mod tests {
     }
 
     #[test]
-    fn denies_every_offending_container() {
+    fn denies_every_offending_container_judging_each_once() {
         let req = request(
             ("", "Pod"),
             "CREATE",
@@ -494,95 +484,69 @@ mod tests {
             ]),
             Value::Null,
         );
-        let d = review(&Policy::default(), &req);
+        let d = review(&Policy::default(), &req, Endpoint::Mutate);
         assert_eq!(d.outcome(), Outcome::Denied);
-        assert_eq!(d.findings.len(), 2);
-        let msg = d.denial_message();
-        assert!(msg.contains(r#"container "web" (spec.containers[0]): image "nginx:latest" uses mutable tag "latest"; use a version tag or a digest"#), "{msg}");
-        assert!(
-            msg.contains(r#"container "side" (spec.containers[2])"#),
-            "{msg}"
-        );
-        assert!(
-            msg.starts_with("pinhook denied Pod shop/web-*: 2 images violate"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn denial_response_has_code_403_and_annotation() {
-        let req = request(
-            ("", "Pod"),
-            "CREATE",
-            pod(&[("web", "nginx:latest")]),
-            Value::Null,
-        );
-        let resp = review(&Policy::default(), &req).respond(&req);
-        assert!(!resp.allowed);
-        assert_eq!(resp.result.code, 403);
-        assert_eq!(resp.uid, "u-1");
         assert_eq!(
-            resp.audit_annotations["rejected-images"],
-            "web=nginx:latest (mutable-tag)"
-        );
-        assert!(resp.patch.is_none());
-    }
-
-    #[test]
-    fn warn_mode_allows_with_short_warnings() {
-        let policy = Policy::from_yaml("mode: warn", "t").unwrap();
-        let long = format!(
-            "registry.example.com/{}/app:latest",
-            "very-long-path".repeat(10)
-        );
-        let req = request(
-            ("", "Pod"),
-            "CREATE",
-            pod(&[("web", "nginx:latest"), ("x", &long)]),
-            Value::Null,
-        );
-        let resp = review(&policy, &req).respond(&req);
-        assert!(resp.allowed);
-        let warnings = resp.warnings.unwrap();
-        assert_eq!(warnings.len(), 2);
-        assert_eq!(
-            warnings[0],
-            r#"pinhook: container "web": image "nginx:latest" uses mutable tag "latest""#
-        );
-        assert!(
-            warnings
+            d.findings
                 .iter()
-                .all(|w| w.chars().count() <= WARNING_MAX_CHARS),
-            "{warnings:?}"
+                .map(|f| (f.container.as_str(), f.pointer.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("web", "/spec/containers/0/image"),
+                ("side", "/spec/containers/2/image")
+            ]
         );
-        assert!(
-            warnings[1].contains('…') && warnings[1].contains("mutable tag"),
-            "{}",
-            warnings[1]
+        assert_eq!(
+            d.pin.unwrap_err(),
+            NoPin::Denied,
+            "a denied request is not pinned"
         );
     }
 
     #[test]
-    fn audit_mode_allows_without_warnings() {
-        let policy = Policy::from_yaml("mode: audit", "t").unwrap();
+    fn validate_never_plans_pinning() {
         let req = request(
             ("", "Pod"),
             "CREATE",
-            pod(&[("web", "nginx:latest")]),
+            pod(&[("ok", "nginx:1.27.1")]),
             Value::Null,
         );
-        let d = review(&policy, &req);
-        assert_eq!(d.outcome(), Outcome::Audited);
-        let resp = d.respond(&req);
-        assert!(resp.allowed && resp.warnings.is_none());
-        assert!(resp.audit_annotations.contains_key("audited-images"));
+        let d = review(&Policy::default(), &req, Endpoint::Validate);
+        assert_eq!(d.pin.unwrap_err(), NoPin::NotRequested);
+        let d = review(&Policy::default(), &req, Endpoint::Mutate);
+        assert_eq!(d.targets().len(), 1);
+    }
+
+    #[test]
+    fn credentials_are_read_only_when_a_registry_is_asked() {
+        let with = |image: &str| json!({"spec": {"imagePullSecrets": [{"name": "regcred"}], "containers": [{"name": "web", "image": image}]}});
+        let req = request(("", "Pod"), "CREATE", with("shop/web:1.0.0"), Value::Null);
+        let plan = review(&Policy::default(), &req, Endpoint::Mutate)
+            .pin
+            .unwrap();
+        assert_eq!(plan.credentials.secrets, ["regcred"]);
+        assert_eq!(plan.credentials.service_account, "default");
+        let req = request(
+            ("", "Pod"),
+            "UPDATE",
+            with("shop/web:1.0.0"),
+            with(&format!("shop/web:1.0.0@{D}")),
+        );
+        let plan = review(&Policy::default(), &req, Endpoint::Mutate)
+            .pin
+            .unwrap();
+        assert_eq!(plan.targets[0].source, Source::Reuse(D.into()));
+        assert!(plan.credentials.secrets.is_empty(), "{plan:?}");
     }
 
     #[test]
     fn update_judges_only_changed_images() {
         let old = pod(&[("web", "nginx:latest")]);
         let req = request(("", "Pod"), "UPDATE", old.clone(), old);
-        assert_eq!(review(&Policy::default(), &req).outcome(), Outcome::Allowed);
+        assert_eq!(
+            review(&Policy::default(), &req, Endpoint::Validate).outcome(),
+            Outcome::Allowed
+        );
     }
 
     #[test]
@@ -594,7 +558,7 @@ mod tests {
             pod(&[("web", "nginx:1.2.3")]),
         );
         assert_eq!(
-            review(&Policy::default(), &req).findings[0].reason,
+            review(&Policy::default(), &req, Endpoint::Validate).findings[0].reason,
             Reason::MutableTag("main".into())
         );
     }
@@ -608,7 +572,7 @@ mod tests {
             pod(&[("web", "nginx:latest")]),
         );
         assert_eq!(
-            review(&Policy::default(), &req).skipped,
+            review(&Policy::default(), &req, Endpoint::Validate).skipped,
             Some(Skip::Operation)
         );
     }
@@ -622,7 +586,7 @@ mod tests {
             Value::Null,
         );
         assert_eq!(
-            review(&Policy::default(), &req).skipped,
+            review(&Policy::default(), &req, Endpoint::Validate).skipped,
             Some(Skip::UnknownKind)
         );
     }
@@ -636,9 +600,10 @@ mod tests {
             pod(&[("web", "nginx:latest")]),
             Value::Null,
         );
-        let d = review(&policy, &req);
+        let d = review(&policy, &req, Endpoint::Mutate);
         assert_eq!(d.skipped, Some(Skip::ExemptNamespace));
-        assert!(d.respond(&req).allowed);
+        assert_eq!(d.outcome(), Outcome::Allowed);
+        assert_eq!(d.pin.unwrap_err(), NoPin::NotRequested);
     }
 
     #[test]
@@ -651,7 +616,7 @@ mod tests {
         );
         req.sub_resource = Some("status".into());
         assert_eq!(
-            review(&Policy::default(), &req).skipped,
+            review(&Policy::default(), &req, Endpoint::Validate).skipped,
             Some(Skip::Subresource)
         );
     }
@@ -660,7 +625,7 @@ mod tests {
     fn non_string_image_is_an_invalid_reference() {
         let obj = json!({"spec": {"containers": [{"name": "a", "image": 7}]}});
         let req = request(("", "Pod"), "CREATE", obj, Value::Null);
-        let d = review(&Policy::default(), &req);
+        let d = review(&Policy::default(), &req, Endpoint::Validate);
         assert!(matches!(d.findings[0].reason, Reason::InvalidReference(_)));
     }
 
@@ -680,61 +645,238 @@ mod tests {
         assert_eq!(o.to_string(), "Pod a/web-1");
     }
 
+    fn deployment(images: &[&str]) -> Value {
+        let cs: Vec<Value> = images
+            .iter()
+            .enumerate()
+            .map(|(i, im)| json!({"name": format!("c{i}"), "image": im}))
+            .collect();
+        json!({"spec": {"template": {"spec": {"containers": cs}}}})
+    }
+
+    /// The targets /mutate plans for `new` (a `kind`), with `pinhook.dev/refresh` changed
+    /// when `refresh`.
+    fn targets(
+        profile_yaml: &str,
+        kind: WorkloadKind,
+        meta: &ObjectMeta,
+        new: &Value,
+        old: Option<&Value>,
+        refresh: bool,
+    ) -> Result<Vec<Target>, NoPin> {
+        let policy = Policy::from_yaml(profile_yaml, "t").unwrap();
+        let annotated = |v: &str| ObjectMeta {
+            annotations: Some([(pin::REFRESH_ANNOTATION.to_owned(), v.to_owned())].into()),
+            ..meta.clone()
+        };
+        let (meta, old_meta) = if refresh {
+            (annotated("2"), annotated("1"))
+        } else {
+            (meta.clone(), ObjectMeta::default())
+        };
+        let view = View {
+            kind,
+            body: new,
+            meta: Some(&meta),
+            old,
+            old_meta: old.map(|_| &old_meta),
+        };
+        let object = ObjectRef {
+            namespace: "shop".into(),
+            ..ObjectRef::default()
+        };
+        match decide(&policy, object, view, Endpoint::Mutate).pin {
+            Ok(plan) => Ok(plan.targets),
+            Err(NoPin::Nothing) => Ok(Vec::new()),
+            Err(why) => Err(why),
+        }
+    }
+
     #[test]
-    fn review_json_is_kubes_document_with_a_base64_patch() {
-        use base64::Engine;
-        let policy = Policy::from_yaml("mode: warn", "t").unwrap();
-        let req = request(
-            ("", "Pod"),
-            "CREATE",
-            pod(&[("web", "nginx:latest")]),
-            Value::Null,
-        );
-        let patch: json_patch::Patch = serde_json::from_value(json!([
-            {"op": "replace", "path": "/spec/containers/0/image", "value": "nginx:latest@sha256:00"}
-        ]))
+    fn tags_are_planned_digests_and_untagged_are_not() {
+        let obj = deployment(&["nginx:1.27.3", &format!("redis:7@{D}"), "busybox:1.36.1"]);
+        let t = targets(
+            "# defaults",
+            WorkloadKind::Deployment,
+            &ObjectMeta::default(),
+            &obj,
+            None,
+            false,
+        )
         .unwrap();
-        let resp = review(&policy, &req)
-            .respond(&req)
-            .with_patch(patch.clone())
-            .unwrap();
-        let ours: Value = serde_json::from_slice(&review_json(resp.clone()).unwrap()).unwrap();
-        // What kube's own serialization gives, with the patch bytes written as base64.
-        let mut kubes = resp;
-        kubes.types.api_version = META_API_VERSION_V1.to_owned();
-        kubes.types.kind = META_KIND.to_owned();
-        let bytes = kubes.patch.take().unwrap();
-        let mut expected = serde_json::to_value(kubes.into_review()).unwrap();
-        expected["response"]["patch"] =
-            json!(base64::engine::general_purpose::STANDARD.encode(&bytes));
-        assert_eq!(ours, expected);
-        assert_eq!(ours["response"]["patchType"], "JSONPatch");
-        assert_eq!(ours["response"]["warnings"].as_array().unwrap().len(), 1);
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(ours["response"]["patch"].as_str().unwrap())
-            .unwrap();
         assert_eq!(
-            serde_json::from_slice::<json_patch::Patch>(&decoded).unwrap(),
-            patch
+            t.iter().map(|t| t.image.as_str()).collect::<Vec<_>>(),
+            ["nginx:1.27.3", "busybox:1.36.1"]
+        );
+        assert_eq!(t[0].pointer, "/spec/template/spec/containers/0/image");
+        assert!(t.iter().all(|t| t.source == Source::Resolve));
+    }
+
+    #[test]
+    fn identical_string_is_never_re_resolved() {
+        let old = deployment(&["nginx:1.27.3"]);
+        let t = targets(
+            "# defaults",
+            WorkloadKind::Deployment,
+            &ObjectMeta::default(),
+            &old.clone(),
+            Some(&old),
+            false,
+        )
+        .unwrap();
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn update_reuses_the_old_digest_for_the_same_tag() {
+        let old = deployment(&[&format!("shop/web:1.4.2@{D}")]);
+        let new = deployment(&["shop/web:1.4.2"]);
+        let t = targets(
+            "# defaults",
+            WorkloadKind::Deployment,
+            &ObjectMeta::default(),
+            &new,
+            Some(&old),
+            false,
+        )
+        .unwrap();
+        assert_eq!(t[0].source, Source::Reuse(D.into()));
+    }
+
+    #[test]
+    fn an_image_volume_keeps_its_old_digest_and_a_container_of_the_same_name_does_not_share_it() {
+        let with_volume = |volume: &str, container: &str| {
+            json!({"spec": {"template": {"spec": {
+                "containers": [{"name": "model", "image": container}],
+                "volumes": [{"name": "model", "image": {"reference": volume}}]
+            }}}})
+        };
+        let old = with_volume(&format!("acme/model:7@{D}"), "acme/server:1.0.0");
+        let new = with_volume("acme/model:7", "acme/model:7");
+        let t = targets(
+            "# defaults",
+            WorkloadKind::Deployment,
+            &ObjectMeta::default(),
+            &new,
+            Some(&old),
+            false,
+        )
+        .unwrap();
+        let by_pointer = |p: &str| t.iter().find(|t| t.pointer == p).unwrap();
+        let volume = by_pointer("/spec/template/spec/volumes/0/image/reference");
+        assert_eq!(
+            (volume.noun, &volume.source),
+            ("volume", &Source::Reuse(D.into()))
+        );
+        let container = by_pointer("/spec/template/spec/containers/0/image");
+        assert_eq!(container.source, Source::Resolve);
+    }
+
+    #[test]
+    fn refresh_resolves_again() {
+        let old = deployment(&[&format!("shop/web:1.4.2@{D}"), "shop/api:2.0.0"]);
+        let new = deployment(&["shop/web:1.4.2", "shop/api:2.0.0"]);
+        let t = targets(
+            "# defaults",
+            WorkloadKind::Deployment,
+            &ObjectMeta::default(),
+            &new,
+            Some(&old),
+            true,
+        )
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t.iter().all(|t| t.source == Source::Refresh));
+    }
+
+    #[test]
+    fn refresh_never_touches_an_unchanged_job_image() {
+        let old = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1.0.0"}]}}}});
+        let t = targets(
+            "# defaults",
+            WorkloadKind::Job,
+            &ObjectMeta::default(),
+            &old.clone(),
+            Some(&old),
+            true,
+        )
+        .unwrap();
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn controlled_workloads_are_not_pinned_but_pods_are() {
+        let meta: ObjectMeta = serde_json::from_value(json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u", "controller": true}]})).unwrap();
+        let obj = deployment(&["nginx:1.27.3"]);
+        assert_eq!(
+            targets(
+                "# defaults",
+                WorkloadKind::ReplicaSet,
+                &meta,
+                &obj,
+                None,
+                false
+            )
+            .unwrap_err(),
+            NoPin::Controlled("Deployment/web".into())
+        );
+        let pod = json!({"spec": {"containers": [{"name": "a", "image": "nginx:1.27.3"}]}});
+        assert_eq!(
+            targets("# defaults", WorkloadKind::Pod, &meta, &pod, None, false)
+                .unwrap()
+                .len(),
+            1
         );
     }
 
     #[test]
-    fn review_json_without_patch_has_no_patch_type() {
-        let req = request(
-            ("", "Pod"),
-            "CREATE",
-            pod(&[("ok", "nginx:1.27.1")]),
-            Value::Null,
+    fn non_controller_owner_does_not_stop_pinning() {
+        let meta: ObjectMeta = serde_json::from_value(json!({"ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "u"}]})).unwrap();
+        assert_eq!(
+            targets(
+                "# defaults",
+                WorkloadKind::Job,
+                &meta,
+                &deployment(&["a:1.0.0"]),
+                None,
+                false
+            )
+            .unwrap()
+            .len(),
+            1
         );
-        let v: Value = serde_json::from_slice(
-            &review_json(review(&Policy::default(), &req).respond(&req)).unwrap(),
+    }
+
+    #[test]
+    fn pin_false_disables() {
+        assert_eq!(
+            targets(
+                "pin: false",
+                WorkloadKind::Deployment,
+                &ObjectMeta::default(),
+                &deployment(&["a:1.0.0"]),
+                None,
+                false
+            )
+            .unwrap_err(),
+            NoPin::Disabled
+        );
+    }
+
+    #[test]
+    fn warn_mode_pins_mutable_tags_too() {
+        let t = targets(
+            "mode: warn",
+            WorkloadKind::Deployment,
+            &ObjectMeta::default(),
+            &deployment(&["nginx:latest", "nginx"]),
+            None,
+            false,
         )
         .unwrap();
-        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
-        assert_eq!(v["kind"], "AdmissionReview");
-        assert_eq!(v["response"]["uid"], "u-1");
-        assert_eq!(v["response"]["allowed"], true);
-        assert!(v["response"].get("patch").is_none() && v["response"].get("patchType").is_none());
+        assert_eq!(
+            t.iter().map(|t| t.image.as_str()).collect::<Vec<_>>(),
+            ["nginx:latest"]
+        );
     }
 }

@@ -12,14 +12,15 @@ use tracing_subscriber::filter::{Filtered, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 
-use crate::admission::{Decision, Outcome};
-use crate::pin::{PinResult, Pinning};
+use crate::admission::{Decision, Finding};
+use crate::pin::{PinResult, Target};
+use crate::resolve::ResolveError;
 
 /// The tracing target audit events are emitted on.
 pub const TARGET: &str = "pinhook::audit";
 
 /// One violation in an audit record.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Violation<'a> {
     /// The container's (or image volume's) name.
     pub container: &'a str,
@@ -35,6 +36,109 @@ pub struct Violation<'a> {
     pub reason: String,
 }
 
+impl<'a> Violation<'a> {
+    /// The record of one finding.
+    pub fn of(f: &'a Finding) -> Self {
+        Self {
+            container: &f.container,
+            site: f.noun,
+            path: &f.path,
+            image: &f.image,
+            rule: f.reason.code(),
+            reason: f.reason.describe(&f.image),
+        }
+    }
+}
+
+/// One image in a pinning record.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedImage<'a> {
+    /// The container's (or image volume's) name.
+    pub container: &'a str,
+    /// What it is: `container` or `volume`.
+    pub site: &'static str,
+    /// Field path.
+    pub path: &'a str,
+    /// The image as written.
+    pub image: &'a str,
+    /// The reference written instead (absent when left unpinned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
+    /// `pinned`, `reused`, `stale`, `unpinned` or `failed`.
+    pub result: &'static str,
+    /// Age of a stale digest, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_seconds: Option<u64>,
+    /// Why it could not be pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl<'a> PinnedImage<'a> {
+    /// An image rewritten to `pinned`.
+    pub fn pinned(t: &'a Target, r: &PinResult, pinned: String) -> Self {
+        Self {
+            container: &t.container,
+            site: t.noun,
+            path: &t.path,
+            image: &t.image,
+            pinned: Some(pinned),
+            result: r.label(),
+            stale_seconds: match r {
+                PinResult::Stale { age, .. } => Some(age.as_secs()),
+                _ => None,
+            },
+            error: None,
+        }
+    }
+
+    /// An image that could not be pinned, recorded as `result`.
+    pub fn failed(t: &'a Target, result: &'static str, e: &ResolveError) -> Self {
+        Self {
+            container: &t.container,
+            site: t.noun,
+            path: &t.path,
+            image: &t.image,
+            pinned: None,
+            result,
+            stale_seconds: None,
+            error: Some(e.to_string()),
+        }
+    }
+}
+
+/// One record of the audit trail, without its header.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Entry<'a> {
+    /// `admission.denied`, `.warned` or `.audited` with the findings.
+    Violations {
+        /// `denied`, `warned` or `audited`.
+        #[serde(skip)]
+        event: &'static str,
+        /// Every offending container.
+        violations: Vec<Violation<'a>>,
+    },
+    /// `admission.pinned`, `.unpinned`, or `.denied` for tags that cannot be pinned.
+    Images {
+        /// `pinned`, `unpinned` or `denied`.
+        #[serde(skip)]
+        event: &'static str,
+        /// The images concerned.
+        images: Vec<PinnedImage<'a>>,
+    },
+}
+
+impl Entry<'_> {
+    /// The event name without its `admission.` prefix.
+    pub fn event(&self) -> &'static str {
+        match self {
+            Entry::Violations { event, .. } | Entry::Images { event, .. } => event,
+        }
+    }
+}
+
 /// Who asked for what, for the audit record.
 #[derive(Debug, Default, Clone)]
 pub struct RequestInfo {
@@ -46,8 +150,6 @@ pub struct RequestInfo {
     pub user: String,
     /// `request.dryRun`.
     pub dry_run: bool,
-    /// The endpoint that answered (`validate` or `mutate`).
-    pub endpoint: &'static str,
 }
 
 /// The fields every audit record starts with: who asked for what, when.
@@ -81,7 +183,8 @@ pub struct Header<'a> {
 }
 
 impl<'a> Header<'a> {
-    fn new(event: &str, decision: &'a Decision, info: &'a RequestInfo) -> Self {
+    /// The header of record `event` for `decision`, asked by `info`.
+    pub fn new(event: &str, decision: &'a Decision, info: &'a RequestInfo) -> Self {
         Self {
             timestamp: OffsetDateTime::now_utc()
                 .format(&Rfc3339)
@@ -96,173 +199,33 @@ impl<'a> Header<'a> {
             user: &info.user,
             dry_run: info.dry_run,
             mode: decision.mode.map(|m| m.as_str()).unwrap_or_default(),
-            endpoint: info.endpoint,
+            endpoint: decision.endpoint.as_str(),
         }
     }
 }
 
-/// The audit record of one decision with findings.
+/// An audit record: the header, then the entry's fields.
 #[derive(Debug, Serialize)]
-pub struct Record<'a> {
+pub struct Record<'a, 'e> {
     /// Who asked for what.
     #[serde(flatten)]
     pub header: Header<'a>,
-    /// Every offending container.
-    pub violations: Vec<Violation<'a>>,
+    /// What happened.
+    #[serde(flatten)]
+    pub entry: &'e Entry<'e>,
 }
 
-impl<'a> Record<'a> {
-    /// The record for `decision`, or `None` when there is nothing to record.
-    pub fn of(decision: &'a Decision, info: &'a RequestInfo) -> Option<Self> {
-        let outcome = decision.outcome();
-        if outcome == Outcome::Allowed {
-            return None;
+/// Writes each of an answer's `entries` as one JSON line on the audit target.
+pub fn record(entries: &[Entry<'_>], decision: &Decision, info: &RequestInfo) {
+    for entry in entries {
+        let record = Record {
+            header: Header::new(entry.event(), decision, info),
+            entry,
+        };
+        match serde_json::to_string(&record) {
+            Ok(line) => tracing::info!(target: TARGET, line = line.as_str()),
+            Err(e) => tracing::error!(error = %e, uid = info.uid, "cannot serialize audit record"),
         }
-        Some(Self {
-            header: Header::new(outcome.as_str(), decision, info),
-            violations: decision
-                .findings
-                .iter()
-                .map(|f| Violation {
-                    container: &f.container,
-                    site: f.noun,
-                    path: &f.path,
-                    image: &f.image,
-                    rule: f.reason.code(),
-                    reason: f.reason.describe(&f.image),
-                })
-                .collect(),
-        })
-    }
-
-    /// Emits the record as one JSON line on the audit target.
-    pub fn emit(&self) {
-        emit(self, self.header.uid);
-    }
-}
-
-/// One image in a pinning record.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PinnedImage<'a> {
-    /// The container's (or image volume's) name.
-    pub container: &'a str,
-    /// What it is: `container` or `volume`.
-    pub site: &'static str,
-    /// Field path.
-    pub path: &'a str,
-    /// The image as written.
-    pub image: &'a str,
-    /// The reference written instead (absent when left unpinned).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pinned: Option<String>,
-    /// `pinned`, `reused`, `stale` or `failed`.
-    pub result: &'static str,
-    /// Age of a stale digest, in seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stale_seconds: Option<u64>,
-    /// Why it could not be pinned.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The audit record of a pinning: `admission.pinned` or `admission.unpinned`.
-#[derive(Debug, Serialize)]
-pub struct PinRecord<'a> {
-    /// Who asked for what.
-    #[serde(flatten)]
-    pub header: Header<'a>,
-    /// The images concerned.
-    pub images: Vec<PinnedImage<'a>>,
-}
-
-/// Records `admission.pinned` for rewritten images and `admission.unpinned` for images left as
-/// they were under `onResolveFailure: allow`; when a tag cannot be pinned and the request is
-/// denied, only `admission.denied` with the images that failed (nothing was patched).
-pub fn record_pinning(pinning: &Pinning, decision: &Decision, info: &RequestInfo) {
-    if !pinning.denials().is_empty() {
-        let failed: Vec<PinnedImage<'_>> = pinning
-            .results
-            .iter()
-            .filter_map(|(t, r)| match r {
-                PinResult::Failed(e) => Some(PinnedImage {
-                    container: &t.container,
-                    site: t.noun,
-                    path: &t.path,
-                    image: &t.image,
-                    pinned: None,
-                    result: r.label(),
-                    stale_seconds: None,
-                    error: Some(e.to_string()),
-                }),
-                _ => None,
-            })
-            .collect();
-        let r = PinRecord {
-            header: Header::new("denied", decision, info),
-            images: failed,
-        };
-        emit(&r, info.uid.as_str());
-        return;
-    }
-    let pinned: Vec<PinnedImage<'_>> = pinning
-        .rewritten()
-        .into_iter()
-        .map(|(t, r, p)| PinnedImage {
-            container: &t.container,
-            site: t.noun,
-            path: &t.path,
-            image: &t.image,
-            pinned: Some(p),
-            result: r.label(),
-            stale_seconds: match r {
-                PinResult::Stale { age, .. } => Some(age.as_secs()),
-                _ => None,
-            },
-            error: None,
-        })
-        .collect();
-    if !pinned.is_empty() {
-        let r = PinRecord {
-            header: Header::new("pinned", decision, info),
-            images: pinned,
-        };
-        emit(&r, info.uid.as_str());
-    }
-    let unpinned: Vec<PinnedImage<'_>> = pinning
-        .unpinned()
-        .into_iter()
-        .map(|(t, e)| PinnedImage {
-            container: &t.container,
-            site: t.noun,
-            path: &t.path,
-            image: &t.image,
-            pinned: None,
-            result: "unpinned",
-            stale_seconds: None,
-            error: Some(e.to_string()),
-        })
-        .collect();
-    if !unpinned.is_empty() {
-        let r = PinRecord {
-            header: Header::new("unpinned", decision, info),
-            images: unpinned,
-        };
-        emit(&r, info.uid.as_str());
-    }
-}
-
-fn emit<T: Serialize>(record: &T, uid: &str) {
-    match serde_json::to_string(record) {
-        Ok(line) => tracing::info!(target: TARGET, line = line.as_str()),
-        Err(e) => tracing::error!(error = %e, uid, "cannot serialize audit record"),
-    }
-}
-
-/// Records the audit line of `decision`, if it has findings.
-pub fn record(decision: &Decision, info: &RequestInfo) {
-    if let Some(r) = Record::of(decision, info) {
-        r.emit();
     }
 }
 
@@ -329,7 +292,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::{Finding, ObjectRef};
+    use crate::admission::{Endpoint, ObjectRef};
+    use crate::answer::Answer;
+    use crate::pin::NoPin;
     use crate::policy::{Mode, Reason};
 
     fn decision(mode: Mode) -> Decision {
@@ -340,17 +305,33 @@ mod tests {
                 name: String::new(),
                 generate_name: "web-".into(),
             },
+            endpoint: Endpoint::Validate,
             mode: Some(mode),
             skipped: None,
             findings: vec![Finding {
                 container: "web".into(),
                 noun: "container",
                 path: "spec.containers[0]".into(),
-                pointer: "/spec/containers/0/image".into(),
+                pointer: "/spec/containers/0/image".try_into().unwrap(),
                 image: "nginx:latest".into(),
                 reason: Reason::MutableTag("latest".into()),
             }],
+            pin: Err(NoPin::NotRequested),
         }
+    }
+
+    fn records(d: &Decision, info: &RequestInfo) -> Vec<serde_json::Value> {
+        Answer::new(d, &[])
+            .records
+            .iter()
+            .map(|entry| {
+                serde_json::to_value(Record {
+                    header: Header::new(entry.event(), d, info),
+                    entry,
+                })
+                .unwrap()
+            })
+            .collect()
     }
 
     #[test]
@@ -361,9 +342,8 @@ mod tests {
             operation: "CREATE".into(),
             user: "alice".into(),
             dry_run: true,
-            endpoint: "validate",
         };
-        let v: serde_json::Value = serde_json::to_value(Record::of(&d, &info).unwrap()).unwrap();
+        let v = &records(&d, &info)[0];
         for key in [
             "timestamp",
             "event",
@@ -381,6 +361,7 @@ mod tests {
         }
         assert_eq!(v["event"], "admission.denied");
         assert_eq!(v["dryRun"], true);
+        assert_eq!(v["endpoint"], "validate");
         assert_eq!(v["violations"][0]["container"], "web");
         assert_eq!(v["violations"][0]["path"], "spec.containers[0]");
         assert_eq!(v["violations"][0]["image"], "nginx:latest");
@@ -396,17 +377,11 @@ mod tests {
     fn event_follows_mode() {
         let info = RequestInfo::default();
         assert_eq!(
-            Record::of(&decision(Mode::Warn), &info)
-                .unwrap()
-                .header
-                .event,
+            records(&decision(Mode::Warn), &info)[0]["event"],
             "admission.warned"
         );
         assert_eq!(
-            Record::of(&decision(Mode::Audit), &info)
-                .unwrap()
-                .header
-                .event,
+            records(&decision(Mode::Audit), &info)[0]["event"],
             "admission.audited"
         );
     }
@@ -415,6 +390,6 @@ mod tests {
     fn nothing_to_record_when_clean() {
         let mut d = decision(Mode::Enforce);
         d.findings.clear();
-        assert!(Record::of(&d, &RequestInfo::default()).is_none());
+        assert!(records(&d, &RequestInfo::default()).is_empty());
     }
 }

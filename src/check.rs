@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::admission::{self, Decision, ObjectRef, Outcome};
+use crate::admission::{self, Decision, Endpoint, Outcome, View};
+use crate::answer;
 use crate::policy::Policy;
-use crate::workload::WorkloadKind;
+use crate::workload;
 
 /// Exit status: everything passes.
 pub const EXIT_CLEAN: i32 = 0;
@@ -89,7 +90,7 @@ impl Report {
                     "{}: {label}: {}: {}",
                     c.file,
                     c.decision.object,
-                    f.message()
+                    answer::violation(f)
                 ));
             }
         }
@@ -155,39 +156,13 @@ fn check_value(
     default_namespace: &str,
     report: &mut Report,
 ) {
-    let str_at = |v: &Value, ptr: &str| {
-        v.pointer(ptr)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    let api_version = str_at(value, "/apiVersion");
-    let kind = str_at(value, "/kind");
-    if kind.ends_with("List")
-        && let Some(items) = value.get("items").and_then(Value::as_array)
-    {
-        for item in items {
-            check_value(policy, file, item, default_namespace, report);
-        }
-        return;
+    for manifest in workload::manifests(value) {
+        let (object, view) = View::of_manifest(&manifest, default_namespace);
+        report.checked.push(Checked {
+            file: file.to_owned(),
+            decision: admission::decide(policy, object, view, Endpoint::Validate),
+        });
     }
-    let Some(workload) = WorkloadKind::from_api_version(&api_version, &kind) else {
-        return;
-    };
-    let namespace = match str_at(value, "/metadata/namespace") {
-        ns if ns.is_empty() => default_namespace.to_owned(),
-        ns => ns,
-    };
-    let object = ObjectRef {
-        kind,
-        namespace,
-        name: str_at(value, "/metadata/name"),
-        generate_name: str_at(value, "/metadata/generateName"),
-    };
-    report.checked.push(Checked {
-        file: file.to_owned(),
-        decision: admission::decide(policy, workload, object, value, None),
-    });
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! pinhook: a Kubernetes admission webhook that rejects mutable image tags.
 //!
-//! The pure core ([`reference`], [`policy`], [`workload`], [`admission`]) decides; the edges
-//! ([`server`], [`audit`], [`check`]) read requests and write answers.
+//! A request flows one way: [`server`] reads it; [`admission`] reads it once into a view and
+//! judges each image once ([`policy`], [`reference`], [`workload`], [`pin`]) into a decision;
+//! [`mutate`] resolves what the decision asks for through [`resolve`]; [`answer`] turns
+//! decision and results into one answer, which [`server`] serializes and [`audit`] and
+//! [`metrics`] read. Everything but `server`, `mutate` and `resolve` is pure.
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod answer;
 pub mod audit;
 pub mod bootstrap;
 pub mod certs;

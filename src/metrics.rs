@@ -62,6 +62,17 @@ pub struct PinLabels {
     pub result: &'static str,
 }
 
+/// What one admission answer is counted under.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnswerLabels {
+    /// `allowed`, `denied`, `warned` or `audited` (`denied` too when a tag cannot be pinned).
+    pub decision: &'static str,
+    /// One per offending container, when the request was not simply allowed.
+    pub violations: Vec<ViolationLabels>,
+    /// One `pinned_images` result per image `/mutate` handled.
+    pub pins: Vec<&'static str>,
+}
+
 /// Every metric pinhook exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -195,6 +206,20 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels { endpoint, decision })
             .inc();
+    }
+
+    /// Counts one answered admission request on `endpoint` and its latency.
+    pub fn answered(&self, endpoint: &'static str, labels: &AnswerLabels, seconds: f64) {
+        self.request(endpoint, labels.decision);
+        for v in &labels.violations {
+            self.violations.get_or_create(v).inc();
+        }
+        for &result in &labels.pins {
+            self.pins.get_or_create(&PinLabels { result }).inc();
+        }
+        self.duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(seconds);
     }
 
     /// Counts one digest cache lookup.

@@ -1,6 +1,7 @@
-//! The HTTPS webhook server (`/validate`), the plain-HTTP health and metrics listener, hot
-//! reload of the policy and certificate, and graceful shutdown.
+//! The HTTPS webhook server (`/validate` and `/mutate`), the plain-HTTP health and metrics
+//! listener, hot reload of the policy and certificate, and graceful shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,13 +22,15 @@ use kube::core::admission::{
     AdmissionRequest, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
 };
 
-use crate::admission;
+use crate::admission::{self, Endpoint};
+use crate::answer::Answer;
 use crate::audit::{self, RequestInfo};
 use crate::bootstrap::{self, Bootstrap, BootstrapError, Material};
 use crate::config::ServeArgs;
 use crate::duration::parse_duration;
-use crate::metrics::{EndpointLabels, Metrics, ReloadLabels, ViolationLabels};
+use crate::metrics::{Metrics, ReloadLabels};
 use crate::mutate::Pinner;
+use crate::pin::NoPin;
 use crate::policy::{Policy, PolicyError};
 use crate::reload::FileWatch;
 use crate::resolve::Resolver;
@@ -175,7 +178,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(pinner) = &state.inner.pinner {
-        let entries = pinner.resolver.counted_entries().await;
+        let entries = pinner.resolver().cached_entries().await;
         state
             .metrics()
             .cache_entries
@@ -279,7 +282,7 @@ async fn validate(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Response {
-    handle(state, "validate", query, request).await
+    handle(state, Endpoint::Validate, query, request).await
 }
 
 async fn mutate(
@@ -287,19 +290,21 @@ async fn mutate(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Response {
-    handle(state, "mutate", query, request).await
+    handle(state, Endpoint::Mutate, query, request).await
 }
 
+/// One request, one pass: read it, decide, resolve what the decision asks for, answer; the
+/// audit trail and the metrics read the answer.
 async fn handle(
     state: AppState,
-    endpoint: &'static str,
+    endpoint: Endpoint,
     query: Option<String>,
     request: Request,
 ) -> Response {
     let start = Instant::now();
     let metrics = state.metrics();
+    let deadline = request_deadline(query.as_deref(), state.inner.body_timeout);
     let result = async {
-        let deadline = request_deadline(query.as_deref(), state.inner.body_timeout);
         if let Some(len) = request.headers().get(header::CONTENT_LENGTH)
             && let Some(len) = len.to_str().ok().and_then(|s| s.parse::<u64>().ok())
             && len > state.inner.max_body_bytes as u64
@@ -319,67 +324,50 @@ async fn handle(
     let req = match result {
         Ok(req) => req,
         Err(bad) => {
-            tracing::warn!(endpoint, status = bad.status.as_u16(), error = %bad.message, "rejected malformed admission request");
-            metrics.request(endpoint, "error");
+            tracing::warn!(endpoint = endpoint.as_str(), status = bad.status.as_u16(), error = %bad.message, "rejected malformed admission request");
+            metrics.request(endpoint.as_str(), "error");
             return error_response(bad.status, bad.message);
         }
     };
     let policy = state.policy();
-    let decision = admission::review(&policy, &req);
+    let decision = admission::review(&policy, &req, endpoint);
+    if let Err(NoPin::Controlled(owner)) = &decision.pin {
+        tracing::debug!(object = %decision.object, owner, "not pinned: controlled by an owner whose template was pinned");
+    }
+    let results = match (&decision.pin, &state.inner.pinner) {
+        (Ok(plan), Some(pinner)) => {
+            let budget = deadline
+                .saturating_sub(state.inner.deadline_margin)
+                .max(Duration::from_millis(100));
+            pinner
+                .pin(plan, &decision.object.namespace, start + budget)
+                .await
+        }
+        _ => Vec::new(),
+    };
+    let answer = Answer::new(&decision, &results);
     let info = RequestInfo {
         uid: req.uid.clone(),
         operation: operation_name(&req.operation).to_owned(),
         user: req.user_info.username.clone().unwrap_or_default(),
         dry_run: req.dry_run,
-        endpoint,
     };
-    let outcome = decision.outcome();
-    if outcome != admission::Outcome::Allowed {
-        audit::record(&decision, &info);
-        let mode = decision.mode.map(|m| m.as_str()).unwrap_or_default();
-        for f in &decision.findings {
-            metrics
-                .violations
-                .get_or_create(&ViolationLabels {
-                    rule: f.reason.code(),
-                    mode,
-                })
-                .inc();
-        }
-    }
-    let response = match (&state.inner.pinner, endpoint, outcome) {
-        (Some(pinner), "mutate", o) if o != admission::Outcome::Denied => {
-            let budget = request_deadline(query.as_deref(), state.inner.body_timeout)
-                .saturating_sub(state.inner.deadline_margin)
-                .max(Duration::from_millis(100));
-            let pinning = pinner.pin(&policy, &req, &decision, start + budget).await;
-            if let Some(p) = &pinning {
-                audit::record_pinning(p, &decision, &info);
-            }
-            decision.respond_mutate(pinning.as_ref(), &req)
-        }
-        _ => decision.respond(&req),
-    };
-    let label = if response.allowed {
-        outcome.as_str()
-    } else {
-        admission::Outcome::Denied.as_str()
-    };
-    let body = match admission::review_json(response) {
+    audit::record(&answer.records, &decision, &info);
+    let body = match review_json(&req.uid, &answer) {
         Ok(b) => b,
         Err(e) => {
-            metrics.request(endpoint, "error");
+            metrics.request(endpoint.as_str(), "error");
             return error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot serialize response: {e}"),
             );
         }
     };
-    metrics.request(endpoint, label);
-    metrics
-        .duration
-        .get_or_create(&EndpointLabels { endpoint })
-        .observe(start.elapsed().as_secs_f64());
+    metrics.answered(
+        endpoint.as_str(),
+        &answer.labels,
+        start.elapsed().as_secs_f64(),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -388,6 +376,57 @@ async fn handle(
         body,
     )
         .into_response()
+}
+
+/// The AdmissionReview answer as the API server reads it: `admission.k8s.io/v1`, the patch as
+/// base64 and `patchType: JSONPatch` with it, written in one pass.
+pub fn review_json(uid: &str, answer: &Answer<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    use base64::Engine;
+
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Review<'a> {
+        api_version: &'static str,
+        kind: &'static str,
+        response: Response<'a>,
+    }
+
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Response<'a> {
+        uid: &'a str,
+        allowed: bool,
+        status: &'a kube::core::Status,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "HashMap::is_empty")]
+        audit_annotations: &'a HashMap<String, String>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        warnings: &'a [String],
+    }
+
+    let patch = match &answer.patch {
+        Some(p) => Some(base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(p)?)),
+        None => None,
+    };
+    let review = Review {
+        api_version: META_API_VERSION_V1,
+        kind: META_KIND,
+        response: Response {
+            uid,
+            allowed: answer.allowed,
+            status: &answer.status,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations: &answer.audit_annotations,
+            warnings: &answer.warnings,
+        },
+    };
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(&mut out, &review)?;
+    Ok(out)
 }
 
 fn operation_name(op: &Operation) -> &'static str {
@@ -422,7 +461,7 @@ fn watch_policy(
                 // A registries entry whose caFile cannot be used refuses the whole reload.
                 if let Some(pinner) = &state.inner.pinner {
                     pinner
-                        .resolver
+                        .resolver()
                         .reconfigure(policy.registries(), call_timeout)
                         .map_err(|e| format!("{file}: {e}"))?;
                 }
@@ -660,7 +699,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         secrets,
         registry_config,
         args.registry.max_concurrent_resolutions,
-        metrics.clone(),
     );
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
@@ -828,5 +866,72 @@ mod tests {
         let e = parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
             .unwrap_err();
         assert_eq!(e.message, "AdmissionReview has no request");
+    }
+
+    fn pod_request(image: &str) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "alice"},
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                           "spec": {"containers": [{"name": "web", "image": image}]}}
+            }
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    #[test]
+    fn review_json_is_kubes_document_with_a_base64_patch() {
+        use base64::Engine;
+        let req = pod_request("nginx:latest");
+        let policy = Policy::from_yaml("mode: warn", "t").unwrap();
+        let decision = admission::review(&policy, &req, Endpoint::Mutate);
+        let results = [crate::pin::PinResult::Pinned {
+            digest: format!("sha256:{}", "0".repeat(64)),
+        }];
+        let answer = Answer::new(&decision, &results);
+        let patch = answer.patch.clone().unwrap();
+        let ours: serde_json::Value =
+            serde_json::from_slice(&review_json(&req.uid, &answer).unwrap()).unwrap();
+        // What kube's own serialization gives for the same answer, the patch bytes as base64.
+        let mut kubes = kube::core::admission::AdmissionResponse::from(&req)
+            .with_patch(patch.clone())
+            .unwrap();
+        kubes.types.api_version = META_API_VERSION_V1.to_owned();
+        kubes.types.kind = META_KIND.to_owned();
+        kubes.warnings = Some(answer.warnings.clone());
+        kubes.audit_annotations = answer.audit_annotations.clone();
+        let bytes = kubes.patch.take().unwrap();
+        let mut expected = serde_json::to_value(kubes.into_review()).unwrap();
+        expected["response"]["patch"] =
+            serde_json::json!(base64::engine::general_purpose::STANDARD.encode(&bytes));
+        assert_eq!(ours, expected);
+        assert_eq!(ours["response"]["patchType"], "JSONPatch");
+        assert_eq!(ours["response"]["warnings"].as_array().unwrap().len(), 2);
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(ours["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<json_patch::Patch>(&decoded).unwrap(),
+            patch
+        );
+    }
+
+    #[test]
+    fn review_json_without_patch_has_no_patch_type() {
+        let req = pod_request("nginx:1.27.1");
+        let decision = admission::review(&Policy::default(), &req, Endpoint::Validate);
+        let v: serde_json::Value =
+            serde_json::from_slice(&review_json(&req.uid, &Answer::new(&decision, &[])).unwrap())
+                .unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none() && v["response"].get("patchType").is_none());
+        assert!(v["response"].get("warnings").is_none());
     }
 }

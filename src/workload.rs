@@ -2,8 +2,10 @@
 //! image) of a Pod or of the pod template of a workload kind. Works on raw JSON so unknown
 //! fields never matter.
 
+use std::collections::HashMap;
 use std::fmt;
 
+use json_patch::jsonptr::PointerBuf;
 use serde_json::Value;
 
 /// A kind of object that carries a pod spec.
@@ -209,21 +211,27 @@ impl ContainerImage<'_> {
 
     /// The JSON pointer to the image field, e.g. `/spec/template/spec/containers/0/image` or
     /// `/spec/volumes/1/image/reference`.
-    pub fn pointer(&self) -> String {
-        let mut p = String::with_capacity(48);
-        for seg in self.spec_path {
-            p.push('/');
-            p.push_str(seg);
+    pub fn pointer(&self) -> PointerBuf {
+        let mut p = PointerBuf::from_tokens(self.spec_path.iter().copied());
+        p.push_back(self.section.field());
+        p.push_back(self.index);
+        p.push_back("image");
+        if self.section == Section::ImageVolumes {
+            p.push_back("reference");
         }
-        p.push('/');
-        p.push_str(self.section.field());
-        p.push('/');
-        p.push_str(&self.index.to_string());
-        p.push_str(match self.section {
-            Section::ImageVolumes => "/image/reference",
-            _ => "/image",
-        });
         p
+    }
+}
+
+impl<'a> ContainerImage<'a> {
+    /// Its key for matching against the old object: the list and the name, or the position
+    /// when it has no name.
+    fn key(&self) -> (Section, Result<&'a str, usize>) {
+        if self.name.is_empty() {
+            (self.section, Err(self.index))
+        } else {
+            (self.section, Ok(self.name))
+        }
     }
 }
 
@@ -288,25 +296,120 @@ pub fn containers(kind: WorkloadKind, object: &Value) -> Vec<ContainerImage<'_>>
     out
 }
 
+/// The image sites of an old object, to find what each site of the new one was before.
+#[derive(Debug, Default)]
+pub struct Before<'a> {
+    by_key: HashMap<(Section, Result<&'a str, usize>), ImageField<'a>>,
+}
+
+impl<'a> Before<'a> {
+    /// Indexes the image sites of `old` (a `kind`); `None` for a create.
+    pub fn of(kind: WorkloadKind, old: Option<&'a Value>) -> Self {
+        let mut by_key = HashMap::new();
+        for c in old.map(|o| containers(kind, o)).unwrap_or_default() {
+            by_key.entry(c.key()).or_insert(c.image);
+        }
+        Self { by_key }
+    }
+
+    /// What `site` held in the old object (matched by list and name, or by position when it has
+    /// no name); `None` when it is new.
+    pub fn image(&self, site: &ContainerImage<'_>) -> Option<ImageField<'a>> {
+        self.by_key.get(&site.key()).copied()
+    }
+}
+
 /// The containers of `new` whose image is new or changed relative to `old` (matched by list
 /// and container name, or by position when a container has no name).
 pub fn changed<'a>(
     new: Vec<ContainerImage<'a>>,
     old: &[ContainerImage<'_>],
 ) -> Vec<ContainerImage<'a>> {
+    let mut before: HashMap<_, ImageField<'_>> = HashMap::new();
+    for o in old {
+        before.entry(o.key()).or_insert(o.image);
+    }
     new.into_iter()
-        .filter(|c| {
-            let before = old.iter().find(|o| {
-                o.section == c.section
-                    && if c.name.is_empty() {
-                        o.index == c.index
-                    } else {
-                        o.name == c.name
-                    }
-            });
-            before.is_none_or(|o| o.image != c.image)
-        })
+        .filter(|c| before.get(&c.key()).is_none_or(|o| *o != c.image))
         .collect()
+}
+
+/// The credentials a pod's images are pulled with, as its spec names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullCredentials {
+    /// `imagePullSecrets[].name`, in order.
+    pub secrets: Vec<String>,
+    /// `serviceAccountName` (or the deprecated `serviceAccount`), `default` when unset.
+    pub service_account: String,
+}
+
+/// The pull secrets and service account of `object`'s pod spec.
+pub fn pull_credentials(kind: WorkloadKind, object: &Value) -> PullCredentials {
+    let spec = pod_spec(kind, object);
+    let secrets = spec
+        .and_then(|s| s.get("imagePullSecrets"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let service_account = spec
+        .and_then(|s| {
+            s.get("serviceAccountName")
+                .or_else(|| s.get("serviceAccount"))
+        })
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_owned();
+    PullCredentials {
+        secrets,
+        service_account,
+    }
+}
+
+/// A pod-bearing object found in a manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Manifest<'a> {
+    /// Its kind.
+    pub kind: WorkloadKind,
+    /// `metadata.namespace` (empty when not set).
+    pub namespace: &'a str,
+    /// `metadata.name`.
+    pub name: &'a str,
+    /// `metadata.generateName`.
+    pub generate_name: &'a str,
+    /// The whole object.
+    pub body: &'a Value,
+}
+
+/// Every pod-bearing object of a manifest document, the items of `*List` kinds included.
+pub fn manifests(value: &Value) -> Vec<Manifest<'_>> {
+    let mut out = Vec::new();
+    collect_manifests(value, &mut out);
+    out
+}
+
+fn collect_manifests<'a>(value: &'a Value, out: &mut Vec<Manifest<'a>>) {
+    let str_at = |ptr: &str| value.pointer(ptr).and_then(Value::as_str).unwrap_or("");
+    let kind = str_at("/kind");
+    if kind.ends_with("List")
+        && let Some(items) = value.get("items").and_then(Value::as_array)
+    {
+        for item in items {
+            collect_manifests(item, out);
+        }
+        return;
+    }
+    if let Some(workload) = WorkloadKind::from_api_version(str_at("/apiVersion"), kind) {
+        out.push(Manifest {
+            kind: workload,
+            namespace: str_at("/metadata/namespace"),
+            name: str_at("/metadata/name"),
+            generate_name: str_at("/metadata/generateName"),
+            body: value,
+        });
+    }
 }
 
 #[cfg(test)]
@@ -331,7 +434,7 @@ mod tests {
             "ephemeralContainers": [{"name": "debug", "image": "busybox:latest"}]
         }});
         let cs = containers(WorkloadKind::Pod, &pod);
-        let pointers: Vec<String> = cs.iter().map(ContainerImage::pointer).collect();
+        let pointers: Vec<String> = cs.iter().map(|c| c.pointer().to_string()).collect();
         assert_eq!(
             pointers,
             [
@@ -360,7 +463,7 @@ mod tests {
         assert_eq!(model.index, 1);
         assert_eq!(model.image, ImageField::Str("quay.io/acme/model:latest"));
         assert_eq!(
-            model.pointer(),
+            model.pointer().as_str(),
             "/spec/template/spec/volumes/1/image/reference"
         );
         assert_eq!(
@@ -375,7 +478,7 @@ mod tests {
         let cj = json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1"}]}}}}}});
         let cs = containers(WorkloadKind::CronJob, &cj);
         assert_eq!(
-            cs[0].pointer(),
+            cs[0].pointer().as_str(),
             "/spec/jobTemplate/spec/template/spec/containers/0/image"
         );
         assert_eq!(
@@ -388,7 +491,9 @@ mod tests {
     fn pod_template_path_has_no_spec_prefix() {
         let pt = json!({"template": {"spec": {"containers": [{"name": "a", "image": "x:1"}]}}});
         assert_eq!(
-            containers(WorkloadKind::PodTemplate, &pt)[0].pointer(),
+            containers(WorkloadKind::PodTemplate, &pt)[0]
+                .pointer()
+                .as_str(),
             "/template/spec/containers/0/image"
         );
     }
@@ -452,5 +557,72 @@ mod tests {
             Some(WorkloadKind::CronJob)
         );
         assert_eq!(WorkloadKind::from_group_kind("", "ConfigMap"), None);
+    }
+
+    #[test]
+    fn pointer_tokens_are_escaped() {
+        let pod = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}]}});
+        let p = containers(WorkloadKind::Pod, &pod)[0].pointer();
+        assert_eq!(p.tokens().count(), 4);
+        assert_eq!(p.as_str(), "/spec/containers/0/image");
+    }
+
+    #[test]
+    fn before_finds_the_old_image_by_name_or_position() {
+        let old =
+            json!({"spec": {"containers": [{"name": "a", "image": "a:1"}, {"image": "anon:1"}]}});
+        let new = json!({"spec": {"containers": [{"image": "x:1"}, {"image": "anon:2"}, {"name": "a", "image": "a:1"}]}});
+        let before = Before::of(WorkloadKind::Pod, Some(&old));
+        let found: Vec<Option<ImageField<'_>>> = containers(WorkloadKind::Pod, &new)
+            .iter()
+            .map(|c| before.image(c))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                None,
+                Some(ImageField::Str("anon:1")),
+                Some(ImageField::Str("a:1"))
+            ]
+        );
+        assert!(
+            Before::of(WorkloadKind::Pod, None)
+                .image(&containers(WorkloadKind::Pod, &new)[0])
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn pull_credentials_default_to_the_default_account() {
+        let d = json!({"spec": {"template": {"spec": {"imagePullSecrets": [{"name": "one"}, {"name": "two"}], "serviceAccount": "legacy"}}}});
+        assert_eq!(
+            pull_credentials(WorkloadKind::Deployment, &d),
+            PullCredentials {
+                secrets: vec!["one".into(), "two".into()],
+                service_account: "legacy".into()
+            }
+        );
+        assert_eq!(
+            pull_credentials(
+                WorkloadKind::Pod,
+                &json!({"spec": {"serviceAccountName": ""}})
+            )
+            .service_account,
+            "default"
+        );
+    }
+
+    #[test]
+    fn manifests_flatten_lists_and_skip_other_kinds() {
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}},
+            {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly", "namespace": "ops"}}
+        ]});
+        let found = manifests(&list);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].kind, found[0].namespace, found[0].name),
+            (WorkloadKind::CronJob, "ops", "nightly")
+        );
     }
 }
