@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod kube;
 pub mod registry;
+pub mod router;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
