@@ -293,7 +293,6 @@ where
 mod tests {
     use super::*;
     use crate::admission::{Endpoint, ObjectRef};
-    use crate::answer::Answer;
     use crate::pin::NoPin;
     use crate::policy::{Mode, Reason};
 
@@ -320,18 +319,27 @@ mod tests {
         }
     }
 
+    /// The records of `d`'s findings, as `answer` writes them.
     fn records(d: &Decision, info: &RequestInfo) -> Vec<serde_json::Value> {
-        Answer::new(d, &[])
-            .records
-            .iter()
-            .map(|entry| {
-                serde_json::to_value(Record {
-                    header: Header::new(entry.event(), d, info),
-                    entry,
-                })
-                .unwrap()
+        let event = match d.mode {
+            _ if d.findings.is_empty() => return Vec::new(),
+            Some(Mode::Warn) => "warned",
+            Some(Mode::Audit) => "audited",
+            _ => "denied",
+        };
+        [Entry::Violations {
+            event,
+            violations: d.findings.iter().map(Violation::of).collect(),
+        }]
+        .iter()
+        .map(|entry| {
+            serde_json::to_value(Record {
+                header: Header::new(entry.event(), d, info),
+                entry,
             })
-            .collect()
+            .unwrap()
+        })
+        .collect()
     }
 
     #[test]
@@ -387,9 +395,11 @@ mod tests {
     }
 
     #[test]
-    fn nothing_to_record_when_clean() {
-        let mut d = decision(Mode::Enforce);
-        d.findings.clear();
-        assert!(records(&d, &RequestInfo::default()).is_empty());
+    fn the_entry_follows_the_header_in_one_object() {
+        let d = decision(Mode::Enforce);
+        let v = &records(&d, &RequestInfo::default())[0];
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 13, "{keys:?}");
+        assert!(v.get("images").is_none() && v["violations"].is_array());
     }
 }

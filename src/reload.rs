@@ -4,7 +4,17 @@
 use std::path::PathBuf;
 
 /// What a set of files held at one poll: their bytes, or the error reading them.
-pub type Snapshot = Result<Vec<Vec<u8>>, String>;
+pub type Snapshot = Result<Vec<Vec<u8>>, ReadError>;
+
+/// A watched file could not be read (kept comparable, so the same failure is reported once).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read {}: {message}", file.display())]
+pub struct ReadError {
+    /// The file.
+    pub file: PathBuf,
+    /// What went wrong, as the operating system says it.
+    pub message: String,
+}
 
 /// Reports when the contents of a set of files differ from the last poll.
 #[derive(Debug)]
@@ -34,7 +44,12 @@ impl FileWatch {
 fn read_all(paths: &[PathBuf]) -> Snapshot {
     paths
         .iter()
-        .map(|p| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())))
+        .map(|p| {
+            std::fs::read(p).map_err(|e| ReadError {
+                file: p.clone(),
+                message: e.to_string(),
+            })
+        })
         .collect()
 }
 
@@ -75,7 +90,14 @@ mod tests {
         std::fs::write(&f, "1").unwrap();
         let mut w = FileWatch::new(vec![f.clone()]);
         std::fs::remove_file(&f).unwrap();
-        assert!(matches!(w.poll(), Some(Err(_))));
+        let Some(Err(e)) = w.poll() else {
+            panic!("the removal is not reported")
+        };
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot read {}: ", f.display())),
+            "{e}"
+        );
         assert_eq!(w.poll(), None);
     }
 }

@@ -438,6 +438,28 @@ fn operation_name(op: &Operation) -> &'static str {
     }
 }
 
+/// Why a changed file was not taken (the previous policy or certificate stays in force).
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    /// A file could not be read.
+    #[error(transparent)]
+    Read(#[from] crate::reload::ReadError),
+    /// The policy is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The policy's `registries` list is unusable.
+    #[error("{file}: {source}")]
+    Registries {
+        /// The policy file.
+        file: String,
+        /// What is wrong.
+        source: crate::resolve::RegistryConfigError,
+    },
+    /// The certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
 /// Reloads the policy when its file changes; an invalid file is refused and the old policy kept.
 fn watch_policy(
     state: AppState,
@@ -455,15 +477,18 @@ fn watch_policy(
                 continue;
             };
             let file = path.display().to_string();
-            let loaded = snapshot.map_err(|e| e.to_string()).and_then(|files| {
+            let loaded = snapshot.map_err(ReloadError::Read).and_then(|files| {
                 let text = String::from_utf8_lossy(&files[0]);
-                let policy = Policy::from_yaml(&text, &file).map_err(|e| e.to_string())?;
+                let policy = Policy::from_yaml(&text, &file)?;
                 // A registries entry whose caFile cannot be used refuses the whole reload.
                 if let Some(pinner) = &state.inner.pinner {
                     pinner
                         .resolver()
                         .reconfigure(policy.registries(), call_timeout)
-                        .map_err(|e| format!("{file}: {e}"))?;
+                        .map_err(|source| ReloadError::Registries {
+                            file: file.clone(),
+                            source,
+                        })?;
                 }
                 Ok(policy)
             });
@@ -508,8 +533,8 @@ fn watch_certificate(
             let Some(snapshot) = watch.poll() else {
                 continue;
             };
-            let loaded = snapshot.map_err(|e| e.to_string()).and_then(|files| {
-                tls::from_pem(&files[0], &files[1], &cert, &key).map_err(|e| e.to_string())
+            let loaded = snapshot.map_err(ReloadError::Read).and_then(|files| {
+                Ok(tls::from_pem(&files[0], &files[1], &cert, &key)?)
             });
             match loaded {
                 Ok(server_config) => {
