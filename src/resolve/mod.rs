@@ -2,6 +2,7 @@
 //! credential scope, a bounded stale window for registry outages, and errors in plain words.
 
 pub mod auth;
+mod guard;
 pub mod registry;
 pub mod secrets;
 

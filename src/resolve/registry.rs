@@ -1,11 +1,9 @@
 //! Talking to a registry: `HEAD` the manifest with every manifest media type accepted, take
 //! `Docker-Content-Digest` (or `GET` and hash the exact bytes), answering Basic and Bearer
-//! challenges, honouring `429 Retry-After` within the deadline, and never contacting a
-//! link-local or cloud-metadata address (checked at DNS resolution, so redirects, token realms
-//! and DNS rebinding are covered too).
+//! challenges, honouring `429 Retry-After` within the deadline; every client it builds carries
+//! the SSRF guard of [`super::guard`].
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,16 +16,14 @@ use sha2::{Digest, Sha256};
 
 use super::ResolveError;
 use super::auth::Credential;
+pub use super::guard::is_forbidden;
+use super::guard::{self, ForbiddenAddress, check_host};
 use crate::patterns::Patterns;
 use crate::policy::RegistrySettings;
 
 /// The `Accept` header: OCI index, OCI manifest, Docker manifest list, Docker manifest v2
 /// (checked against oci-client's constants in a test).
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-
-/// AWS's IPv6 instance-metadata address.
-const AWS_METADATA_V6: std::net::Ipv6Addr =
-    std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 
 /// The policy's `registries` list cannot be turned into HTTP clients.
 #[derive(Debug, thiserror::Error)]
@@ -62,98 +58,6 @@ pub enum CaFileProblem {
     /// Its certificates cannot be used by the TLS client.
     #[error("{0}")]
     Client(reqwest::Error),
-}
-
-/// True for addresses pinhook never contacts: link-local (cloud metadata lives there), the
-/// well-known metadata endpoints, unspecified, broadcast and multicast.
-pub fn is_forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.octets() == [100, 100, 100, 200]
-        }
-        IpAddr::V6(v6) => {
-            if let Some(mapped) = v6.to_ipv4_mapped() {
-                return is_forbidden(IpAddr::V4(mapped));
-            }
-            let seg = v6.segments();
-            (seg[0] & 0xffc0) == 0xfe80
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6 == AWS_METADATA_V6
-        }
-    }
-}
-
-/// The error a filtered DNS answer produces, found again in reqwest's error chain.
-#[derive(Debug, thiserror::Error)]
-#[error("{host} resolves only to forbidden addresses ({addrs})")]
-struct ForbiddenAddress {
-    host: String,
-    addrs: String,
-}
-
-/// A DNS resolver that drops forbidden addresses.
-#[derive(Debug, Clone, Copy)]
-struct GuardedResolver;
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = all
-                .iter()
-                .copied()
-                .filter(|a| !is_forbidden(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                let addrs = all
-                    .iter()
-                    .map(|a| a.ip().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(Box::new(ForbiddenAddress { host, addrs })
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// Checks a host before any request: forbidden IP literals, and `allowedRegistries` when set.
-fn check_host(host_port: &str, allowed: Option<&Patterns>) -> Result<(), ResolveError> {
-    let host = host_port
-        .strip_prefix('[')
-        .and_then(|h| h.split_once(']').map(|(h, _)| h))
-        .unwrap_or_else(|| {
-            host_port
-                .rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(host_port, |(h, _)| h)
-        });
-    if let Ok(ip) = host.parse::<IpAddr>()
-        && is_forbidden(ip)
-    {
-        return Err(ResolveError::Forbidden {
-            host: host_port.to_owned(),
-            reason: format!("{ip} is a link-local or metadata address"),
-        });
-    }
-    if let Some(allowed) = allowed
-        && !allowed.is_empty()
-        && !allowed.is_match(host_port)
-        && !allowed.is_match(host)
-    {
-        return Err(ResolveError::Forbidden {
-            host: host_port.to_owned(),
-            reason: "not in allowedRegistries".into(),
-        });
-    }
-    Ok(())
 }
 
 /// A cached bearer token.
@@ -209,25 +113,11 @@ pub struct Exchange {
 
 fn client_builder(call_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver))
+        .dns_resolver(Arc::new(guard::GuardedResolver))
         .connect_timeout(call_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .user_agent(concat!("pinhook/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::custom(|attempt| {
-            let host = attempt.url().host_str().unwrap_or("").to_owned();
-            if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>()
-                && is_forbidden(ip)
-            {
-                attempt.error(ForbiddenAddress {
-                    host,
-                    addrs: ip.to_string(),
-                })
-            } else if attempt.previous().len() >= 5 {
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
-        }))
+        .redirect(guard::redirect_policy())
 }
 
 impl Transport {
@@ -801,52 +691,6 @@ mod tests {
         ] {
             assert!(MANIFEST_ACCEPT.contains(t), "{t}");
         }
-    }
-
-    #[test]
-    fn forbids_metadata_and_link_local() {
-        for ip in [
-            "169.254.169.254",
-            "169.254.0.1",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:169.254.169.254",
-            "100.100.100.200",
-            "0.0.0.0",
-        ] {
-            assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["127.0.0.1", "10.0.0.5", "192.168.1.1", "::1", "8.8.8.8"] {
-            assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
-    fn ip_literal_hosts_are_checked_before_any_request() {
-        assert!(matches!(
-            check_host("169.254.169.254", None),
-            Err(ResolveError::Forbidden { .. })
-        ));
-        assert!(matches!(
-            check_host("169.254.169.254:80", None),
-            Err(ResolveError::Forbidden { .. })
-        ));
-        assert!(matches!(
-            check_host("[fd00:ec2::254]:443", None),
-            Err(ResolveError::Forbidden { .. })
-        ));
-        assert!(check_host("127.0.0.1:5000", None).is_ok());
-    }
-
-    #[test]
-    fn allowed_registries_bound_every_host() {
-        let allowed = Patterns::new(&["*.example.com"], true).unwrap();
-        assert!(check_host("registry.example.com", Some(&allowed)).is_ok());
-        let err = check_host("auth.docker.io", Some(&allowed)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "refusing to contact auth.docker.io: not in allowedRegistries"
-        );
     }
 
     #[test]
