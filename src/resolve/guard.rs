@@ -17,6 +17,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::ResolveError;
+use super::host::HostPort;
 use crate::patterns::Patterns;
 
 /// AWS's IPv6 instance-metadata address.
@@ -87,16 +88,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 /// Checks a host before any request: forbidden IP literals, and `allowedRegistries` when set.
 pub(super) fn check_host(host_port: &str, allowed: Option<&Patterns>) -> Result<(), ResolveError> {
-    let host = host_port
-        .strip_prefix('[')
-        .and_then(|h| h.split_once(']').map(|(h, _)| h))
-        .unwrap_or_else(|| {
-            host_port
-                .rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(host_port, |(h, _)| h)
-        });
-    if let Ok(ip) = host.parse::<IpAddr>()
+    let split = HostPort::split(host_port);
+    let host = split.host;
+    if let Some(ip) = split.ip()
         && is_forbidden(ip)
     {
         return Err(ResolveError::Forbidden {
@@ -122,7 +116,7 @@ pub(super) fn check_host(host_port: &str, allowed: Option<&Patterns>) -> Result<
 pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let host = attempt.url().host_str().unwrap_or("").to_owned();
-        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>()
+        if let Some(ip) = HostPort::split(&host).ip()
             && is_forbidden(ip)
         {
             attempt.error(ForbiddenAddress {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod guard;
+pub mod host;
 pub mod registry;
 pub mod secrets;
 

@@ -18,6 +18,7 @@ use super::ResolveError;
 use super::auth::Credential;
 pub use super::guard::is_forbidden;
 use super::guard::{self, ForbiddenAddress, check_host};
+use super::host;
 use crate::patterns::Patterns;
 use crate::policy::RegistrySettings;
 
@@ -133,7 +134,7 @@ impl Transport {
         let mut insecure = HashSet::new();
         let mut mirrors = HashMap::new();
         for r in registries {
-            let host = super::auth::canonical_host(&r.host.to_ascii_lowercase());
+            let host = host::canonical(&r.host);
             if r.insecure {
                 insecure.insert(host.clone());
                 for m in &r.mirrors {
@@ -180,7 +181,7 @@ impl Transport {
 
     /// The endpoints to try for `registry`: its mirrors, then itself.
     pub fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
-        let canonical = super::auth::canonical_host(&registry.to_ascii_lowercase());
+        let canonical = host::canonical(registry);
         let scheme = |h: &str| {
             if self.insecure.contains(h) {
                 "http"
@@ -431,11 +432,7 @@ impl Transport {
             registry: endpoint.host.clone(),
             detail: format!("token realm {realm:?} is not a URL: {e}"),
         })?;
-        let realm_host = match (realm_url.host_str(), realm_url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            _ => String::new(),
-        };
+        let realm_host = host::of_url(&realm_url);
         check_host(&realm_host, allowed)?;
         let remaining = deadline
             .saturating_duration_since(Instant::now())
@@ -681,6 +678,11 @@ mod tests {
         OCI_IMAGE_MEDIA_TYPE,
     };
 
+    /// reqwest needs a rustls provider to build a client; other tests may have installed it.
+    fn install_crypto_provider() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+
     #[test]
     fn accept_covers_the_four_manifest_types() {
         for t in [
@@ -753,6 +755,7 @@ mod tests {
 
     #[test]
     fn docker_hub_goes_to_registry_1() {
+        install_crypto_provider();
         let t = Transport::new(&[], Duration::from_secs(1)).unwrap();
         let e = t.endpoints("docker.io");
         assert_eq!(e.len(), 1);
@@ -764,6 +767,7 @@ mod tests {
 
     #[test]
     fn mirrors_come_first_and_insecure_means_http() {
+        install_crypto_provider();
         let t = Transport::new(
             &[RegistrySettings {
                 host: "127.0.0.1:5000".into(),
@@ -786,6 +790,7 @@ mod tests {
 
     #[test]
     fn unreadable_ca_file_names_it() {
+        install_crypto_provider();
         let err = Transport::new(
             &[RegistrySettings {
                 host: "r.io".into(),
