@@ -2,6 +2,7 @@
 //! credential scope, a bounded stale window for registry outages, and errors in plain words.
 
 pub mod auth;
+pub mod digest;
 mod guard;
 pub mod host;
 pub mod registry;
@@ -19,6 +20,7 @@ use crate::patterns::Patterns;
 use crate::policy::RegistrySettings;
 use crate::reference::ImageRef;
 use auth::{Credential, Keyring};
+use digest::Digest;
 pub use registry::RegistryConfigError;
 use registry::{Exchange, Transport};
 
@@ -173,51 +175,14 @@ pub struct Scope {
     pub stale_if_error: Duration,
 }
 
-/// A sha256 digest as its 32 bytes: the cache holds up to `--cache-max-entries` of them, so
-/// not as 71-character strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Sha256([u8; 32]);
-
-impl Sha256 {
-    /// `sha256:` and 64 lowercase hex digits (what the registry client returns).
-    fn parse(digest: &str) -> Option<Self> {
-        let hex = digest.strip_prefix("sha256:")?.as_bytes();
-        if hex.len() != 64 {
-            return None;
-        }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        let mut out = [0u8; 32];
-        for (i, pair) in hex.chunks_exact(2).enumerate() {
-            out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
-        }
-        Some(Self(out))
-    }
-
-    /// `sha256:…`, as the registry wrote it.
-    fn to_digest(self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(71);
-        s.push_str("sha256:");
-        for b in self.0 {
-            s.push(HEX[usize::from(b >> 4)] as char);
-            s.push(HEX[usize::from(b & 15)] as char);
-        }
-        s
-    }
-}
-
 /// A cached answer: the latest digest or error for one tag and credential scope, when it was
 /// obtained, and — after an error — the last digest the registry gave (for `staleIfError`).
 /// One entry per key holds both, so a tag costs one cache entry, not two.
 #[derive(Debug, Clone)]
 struct Cached {
-    result: Result<Sha256, Arc<ResolveError>>,
+    result: Result<Digest, Arc<ResolveError>>,
     at: Instant,
-    last_good: Option<(Sha256, Instant)>,
+    last_good: Option<(Digest, Instant)>,
 }
 
 impl Cached {
@@ -232,7 +197,7 @@ impl Cached {
     }
 
     /// The digest to serve if the registry fails now: this answer's, or the one kept from before.
-    fn good(&self) -> Option<(Sha256, Instant)> {
+    fn good(&self) -> Option<(Digest, Instant)> {
         match self.result {
             Ok(digest) => Some((digest, self.at)),
             Err(_) => self.last_good,
@@ -454,15 +419,7 @@ impl Resolver {
                         let result = self
                             .lookup(image, &tag, &credentials, scope.allowed.as_ref(), deadline)
                             .await;
-                        let result = match result {
-                            Ok(digest) => Sha256::parse(&digest).ok_or_else(|| {
-                                Arc::new(ResolveError::Invalid {
-                                    registry: image.registry().to_owned(),
-                                    detail: format!("{digest:?} is not a sha256 digest"),
-                                })
-                            }),
-                            Err(e) => Err(Arc::new(e)),
-                        };
+                        let result = result.map_err(Arc::new);
                         let last_good = match result {
                             Ok(_) => None,
                             Err(_) => previous.as_ref().and_then(Cached::good),
@@ -503,7 +460,7 @@ impl Resolver {
         let (answer, label) = match &entry.result {
             Ok(digest) => (
                 Ok(Resolved {
-                    digest: digest.to_digest(),
+                    digest: digest.to_string(),
                     stale_for: None,
                 }),
                 label,
@@ -516,7 +473,7 @@ impl Resolver {
                 {
                     (
                         Ok(Resolved {
-                            digest: digest.to_digest(),
+                            digest: digest.to_string(),
                             stale_for: Some(at.elapsed()),
                         }),
                         "stale",
@@ -536,7 +493,7 @@ impl Resolver {
         credentials: &[Credential],
         allowed: Option<&Patterns>,
         deadline: Instant,
-    ) -> Result<String, ResolveError> {
+    ) -> Result<Digest, ResolveError> {
         let transport = self.transport.load_full();
         let endpoints = transport.endpoints(image.registry());
         let mut last_err = None;
@@ -608,16 +565,6 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sha256_round_trips_and_refuses_other_text() {
-        let d = "sha256:7b3ccabffc97de872a30dfd234fd972a66d247c8cfc69b0550f276481852627c";
-        assert_eq!(Sha256::parse(d).unwrap().to_digest(), d);
-        assert_eq!(Sha256::parse(&d.to_uppercase()), None);
-        assert_eq!(Sha256::parse(&d[..70]), None);
-        assert_eq!(Sha256::parse(&d.replace("sha256", "sha512")), None);
-        assert_eq!(Sha256::parse(&d.replace('7', "g")), None);
-    }
 
     /// A registry of our own on 127.0.0.1: answers `HEAD /v2/*/manifests/*` with a digest after
     /// `delay`, or with `status` when it is not 200; counts manifest requests.

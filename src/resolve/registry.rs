@@ -12,10 +12,10 @@ use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE,
 };
-use sha2::{Digest, Sha256};
 
 use super::ResolveError;
 use super::auth::Credential;
+use super::digest::Digest;
 pub use super::guard::is_forbidden;
 use super::guard::{self, ForbiddenAddress, check_host};
 use super::host;
@@ -223,7 +223,7 @@ impl Transport {
         endpoint: &Endpoint,
         q: &Lookup<'_>,
         exchange: &mut Exchange,
-    ) -> Result<String, ResolveError> {
+    ) -> Result<Digest, ResolveError> {
         let Lookup {
             repository,
             tag,
@@ -375,7 +375,7 @@ impl Transport {
         authorization: Option<&str>,
         deadline: Instant,
         exchange: &mut Exchange,
-    ) -> Result<String, ResolveError> {
+    ) -> Result<Digest, ResolveError> {
         let resp = self
             .send(
                 endpoint,
@@ -398,9 +398,8 @@ impl Transport {
             .bytes()
             .await
             .map_err(|e| classify(&endpoint.host, &e, self.call_timeout))?;
-        let computed = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        let computed = Digest::of(&body);
         if let Some(h) = header
-            && h.starts_with("sha256:")
             && h != computed
         {
             return Err(ResolveError::Invalid {
@@ -545,23 +544,18 @@ fn refuse_schema1(headers: &HeaderMap, registry: &str) -> Result<(), ResolveErro
     Ok(())
 }
 
-fn digest_header(headers: &HeaderMap, registry: &str) -> Result<Option<String>, ResolveError> {
+/// The `Docker-Content-Digest` header: absent, a sha256 digest, or an unusable answer.
+fn digest_header(headers: &HeaderMap, registry: &str) -> Result<Option<Digest>, ResolveError> {
     let Some(v) = headers.get("docker-content-digest") else {
         return Ok(None);
     };
     let d = v.to_str().unwrap_or("");
-    let valid = d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    });
-    if !valid {
-        return Err(ResolveError::Invalid {
+    Digest::parse(d)
+        .map(Some)
+        .ok_or_else(|| ResolveError::Invalid {
             registry: registry.to_owned(),
             detail: format!("Docker-Content-Digest {d:?} is not a sha256 digest"),
-        });
-    }
-    Ok(Some(d.to_owned()))
+        })
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -664,10 +658,6 @@ fn classify(registry: &str, e: &reqwest::Error, limit: Duration) -> ResolveError
         registry: registry.to_owned(),
         detail,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
