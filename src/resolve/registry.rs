@@ -277,12 +277,15 @@ impl Transport {
                 }
                 StatusCode::UNAUTHORIZED if !challenged => {
                     challenged = true;
-                    let challenge = resp
+                    // Several header lines are one comma-separated list (RFC 9110 5.3).
+                    let header = resp
                         .headers()
-                        .get(WWW_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok())
-                        .map(parse_challenge)
-                        .unwrap_or(Challenge::None);
+                        .get_all(WWW_AUTHENTICATE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let challenge = parse_challenge(&header);
                     authorization = match challenge {
                         Challenge::Basic => match credential {
                             Some(c) => Some(basic(c)),
@@ -575,41 +578,37 @@ enum Challenge {
     None,
 }
 
+/// Reads a `WWW-Authenticate` value (RFC 7235, with `http-auth`'s parser): a Bearer challenge
+/// with a realm wins, then Basic, whatever their order; a syntax error ends the list, and the
+/// challenges before it still count.
 fn parse_challenge(header: &str) -> Challenge {
-    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
-    if scheme.eq_ignore_ascii_case("basic") {
-        return Challenge::Basic;
-    }
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Challenge::None;
-    }
-    let mut realm = String::new();
-    let mut service = String::new();
-    let mut rest = params;
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else {
-            break;
-        };
-        let key = key.trim().trim_start_matches(',').trim();
-        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.split_once('"') {
-                Some((v, n)) => (v, n),
-                None => (quoted, ""),
+    let mut basic = false;
+    for challenge in http_auth::ChallengeParser::new(header) {
+        let Ok(challenge) = challenge else { break };
+        if challenge.scheme.eq_ignore_ascii_case("bearer") {
+            let param = |name: &str| {
+                challenge
+                    .params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.to_unescaped())
+                    .unwrap_or_default()
+            };
+            let realm = param("realm");
+            if !realm.is_empty() {
+                return Challenge::Bearer {
+                    realm,
+                    service: param("service"),
+                };
             }
-        } else {
-            after.split_once(',').map_or((after, ""), |(v, n)| (v, n))
-        };
-        match key.to_ascii_lowercase().as_str() {
-            "realm" => realm = value.to_owned(),
-            "service" => service = value.to_owned(),
-            _ => {}
+        } else if challenge.scheme.eq_ignore_ascii_case("basic") {
+            basic = true;
         }
-        rest = next.trim_start_matches(',').trim_start();
     }
-    if realm.is_empty() {
-        Challenge::None
+    if basic {
+        Challenge::Basic
     } else {
-        Challenge::Bearer { realm, service }
+        Challenge::None
     }
 }
 
@@ -702,6 +701,51 @@ mod tests {
             Challenge::Basic
         );
         assert_eq!(parse_challenge("Negotiate"), Challenge::None);
+    }
+
+    #[test]
+    fn parses_several_challenges_and_quoted_commas() {
+        let bearer = |realm: &str, service: &str| Challenge::Bearer {
+            realm: realm.into(),
+            service: service.into(),
+        };
+        // Bearer wins over Basic, in either order; unknown schemes are skipped.
+        assert_eq!(
+            parse_challenge(r#"Basic realm="r", Bearer realm="https://a.io/t",service="a.io""#),
+            bearer("https://a.io/t", "a.io")
+        );
+        assert_eq!(
+            parse_challenge(r#"Negotiate, Bearer realm="https://a.io/t""#),
+            bearer("https://a.io/t", "")
+        );
+        assert_eq!(
+            parse_challenge(r#"Negotiate, Basic realm="r""#),
+            Challenge::Basic
+        );
+        // A comma or an escaped quote inside a quoted string belongs to the value.
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://a.io/t?x=1,2", service="s \"q\"", scope="repository:a/b:pull,push""#
+            ),
+            bearer("https://a.io/t?x=1,2", r#"s "q""#)
+        );
+        // Parameter names and schemes are case-insensitive; a Bearer challenge needs a realm.
+        assert_eq!(
+            parse_challenge(r#"bearer REALM="https://a.io/t""#),
+            bearer("https://a.io/t", "")
+        );
+        assert_eq!(parse_challenge(r#"Bearer service="s""#), Challenge::None);
+        // A syntax error ends the list; what came before it counts.
+        assert_eq!(
+            parse_challenge(r#"Basic realm="r", error error"#),
+            Challenge::Basic
+        );
+        assert_eq!(parse_challenge(""), Challenge::None);
+        // A realm URL must be quoted: ':' and '/' are not token characters (RFC 7235).
+        assert_eq!(
+            parse_challenge("Bearer realm=https://a.io/t"),
+            Challenge::None
+        );
     }
 
     #[test]
