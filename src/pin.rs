@@ -403,7 +403,10 @@ fn hint(e: &ResolveError) -> &'static str {
             "give the registry's CA as caFile in the policy's registries list"
         }
         ResolveError::Forbidden { .. } => "use an allowed registry",
-        ResolveError::Invalid { .. } => "pin the image by digest yourself",
+        ResolveError::Invalid { .. }
+        | ResolveError::ShuttingDown { .. }
+        | ResolveError::NoCachedAnswer { .. }
+        | ResolveError::NoEndpoint { .. } => "pin the image by digest yourself",
     }
 }
 

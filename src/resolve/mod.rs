@@ -103,6 +103,24 @@ pub enum ResolveError {
         /// What was wrong.
         detail: String,
     },
+    /// pinhook is shutting down and starts no new lookup (the resolution slots are closed).
+    #[error("cannot resolve an image of registry {registry}: pinhook is shutting down")]
+    ShuttingDown {
+        /// Registry host.
+        registry: String,
+    },
+    /// The digest cache gave neither a digest nor an error (a bug in pinhook, not the registry).
+    #[error("the digest cache returned no answer for an image of registry {registry}")]
+    NoCachedAnswer {
+        /// Registry host.
+        registry: String,
+    },
+    /// The transport had no endpoint to ask for the registry (a bug in pinhook, not the registry).
+    #[error("no endpoint to ask for registry {registry}")]
+    NoEndpoint {
+        /// Registry host.
+        registry: String,
+    },
 }
 
 impl ResolveError {
@@ -118,6 +136,9 @@ impl ResolveError {
             Self::Forbidden { .. } => "forbidden",
             Self::Status { .. } => "status",
             Self::Invalid { .. } => "invalid",
+            Self::ShuttingDown { .. } => "shutting-down",
+            Self::NoCachedAnswer { .. } => "no-cached-answer",
+            Self::NoEndpoint { .. } => "no-endpoint",
         }
     }
 
@@ -445,9 +466,8 @@ impl Resolver {
                     // ever answer otherwise, the request gets an error rather than a panic.
                     CompResult::StillNone(_) | CompResult::Removed(_) => (
                         Cached {
-                            result: Err(Arc::new(ResolveError::Invalid {
+                            result: Err(Arc::new(ResolveError::NoCachedAnswer {
                                 registry: image.registry().to_owned(),
-                                detail: "the digest cache returned no answer".to_owned(),
                             })),
                             at: Instant::now(),
                             last_good: None,
@@ -555,9 +575,8 @@ impl Resolver {
                 None => {}
             }
         }
-        Err(last_err.unwrap_or_else(|| ResolveError::Invalid {
+        Err(last_err.unwrap_or_else(|| ResolveError::NoEndpoint {
             registry: image.registry().to_owned(),
-            detail: "no endpoint to ask".into(),
         }))
     }
 }
@@ -627,6 +646,32 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
+    }
+
+    #[test]
+    fn internal_failures_have_their_own_words_and_labels() {
+        let r = || "registry.example.com".to_owned();
+        let cases = [
+            (
+                ResolveError::ShuttingDown { registry: r() },
+                "shutting-down",
+                "cannot resolve an image of registry registry.example.com: pinhook is shutting down",
+            ),
+            (
+                ResolveError::NoCachedAnswer { registry: r() },
+                "no-cached-answer",
+                "the digest cache returned no answer for an image of registry registry.example.com",
+            ),
+            (
+                ResolveError::NoEndpoint { registry: r() },
+                "no-endpoint",
+                "no endpoint to ask for registry registry.example.com",
+            ),
+        ];
+        for (e, label, message) in cases {
+            assert_eq!((e.metric_label(), e.to_string().as_str()), (label, message));
+            assert!(!e.is_outage(), "{e}");
+        }
     }
 
     #[tokio::test]
