@@ -639,10 +639,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     .map_err(|message| ServeError::Config {
         message: format!("{}: {message}", policy.source()),
     })?;
-    let registry_config = args
-        .registry
-        .keyring()
-        .map_err(|message| ServeError::Config { message })?;
+    let registry_config = args.registry.keyring().map_err(|e| ServeError::Config {
+        message: e.to_string(),
+    })?;
     let secrets = match PullSecrets::connect(args.secret_cache_ttl).await {
         Ok(s) => {
             tracing::info!(
