@@ -5,6 +5,7 @@ pub mod auth;
 pub mod digest;
 mod guard;
 pub mod host;
+pub mod labels;
 pub mod registry;
 pub mod secrets;
 
@@ -539,7 +540,7 @@ impl Resolver {
                     self.metrics
                         .registry_requests
                         .get_or_create(&RegistryLabels {
-                            registry: endpoint.host.clone(),
+                            registry: transport.registry_label(&endpoint.host),
                             outcome,
                         })
                         .inc_by(u64::from(exchange.requests));
@@ -741,6 +742,77 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let back = r.resolve(&image, &hour, soon(), false).await.unwrap();
         assert_eq!((back.digest.as_str(), back.stale_for), (DIGEST, None));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn thousands_of_registries_make_a_bounded_number_of_metric_series() {
+        use std::sync::atomic::Ordering;
+        let reg = fake_registry(Duration::ZERO).await;
+        let metrics = Arc::new(Metrics::new());
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let registries = [RegistrySettings {
+            host: reg.host.clone(),
+            insecure: true,
+            ..Default::default()
+        }];
+        let settings = ResolverSettings {
+            call_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let r = Arc::new(Resolver::new(&registries, &settings, metrics.clone()).unwrap());
+        // A port nobody listens on, on any address: every 127.a.b.c (all loopback) refuses it.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        const HOSTS: usize = 3000;
+        let mut set = tokio::task::JoinSet::new();
+        let mut results = Vec::new();
+        for i in 0..HOSTS {
+            let r = r.clone();
+            let image = format!("127.0.{}.{}:{closed}/shop/web:1.0.0", i / 250, i % 250 + 1);
+            set.spawn(async move {
+                let image = ImageRef::parse(&image).unwrap();
+                r.resolve(&image, &scope(Duration::ZERO), soon(), false)
+                    .await
+            });
+            if set.len() >= 64 {
+                results.push(set.join_next().await.unwrap().unwrap());
+            }
+        }
+        results.extend(set.join_all().await);
+        assert_eq!(results.len(), HOSTS);
+        for result in &results {
+            assert!(
+                matches!(result, Err(ResolveError::Connect { .. })),
+                "{result:?}"
+            );
+        }
+        // The configured registry keeps its own label.
+        let image = ImageRef::parse(&format!("{}/shop/web:1.0.0", reg.host)).unwrap();
+        r.resolve(&image, &scope(Duration::ZERO), soon(), false)
+            .await
+            .unwrap();
+        assert_eq!(reg.requests.load(Ordering::SeqCst), 1);
+
+        let text = metrics.encode();
+        let mut series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("pinhook_registry_requests_total{"))
+            .collect();
+        series.sort_unstable();
+        let mut want = [
+            format!(
+                "pinhook_registry_requests_total{{registry=\"other\",outcome=\"connect\"}} {HOSTS}"
+            ),
+            format!(
+                "pinhook_registry_requests_total{{registry=\"{}\",outcome=\"ok\"}} 1",
+                reg.host
+            ),
+        ];
+        want.sort_unstable();
+        assert_eq!(series, want, "{text}");
     }
 
     #[tokio::test]

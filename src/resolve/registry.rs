@@ -19,6 +19,7 @@ use super::digest::Digest;
 pub use super::guard::is_forbidden;
 use super::guard::{self, ForbiddenAddress, check_host};
 use super::host;
+use super::labels::RegistryLabelSet;
 use crate::patterns::Patterns;
 use crate::policy::RegistrySettings;
 
@@ -88,6 +89,7 @@ pub struct Transport {
     mirrors: HashMap<String, Vec<String>>,
     call_timeout: Duration,
     tokens: moka::sync::Cache<String, Token>,
+    labels: RegistryLabelSet,
 }
 
 /// What one lookup asks for, and within which bounds.
@@ -172,6 +174,7 @@ impl Transport {
             insecure,
             mirrors,
             call_timeout,
+            labels: RegistryLabelSet::new(registries),
             tokens: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
@@ -211,6 +214,11 @@ impl Transport {
             mirror_of: None,
         });
         out
+    }
+
+    /// The `registry` metric label of an endpoint host, from the closed set of this policy.
+    pub fn registry_label(&self, host: &str) -> String {
+        self.labels.label(host)
     }
 
     fn client(&self, host: &str) -> &reqwest::Client {
