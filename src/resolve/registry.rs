@@ -1,7 +1,7 @@
 //! Talking to a registry: `HEAD` the manifest with every manifest media type accepted, take
 //! `Docker-Content-Digest` (or `GET` and hash the exact bytes), answering Basic and Bearer
 //! challenges, honouring `429 Retry-After` within the deadline; every client it builds carries
-//! the SSRF guard of [`super::guard`].
+//! the SSRF guard of `guard.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
