@@ -390,7 +390,10 @@ fn hint(e: &ResolveError) -> &'static str {
             "give the registry's CA as caFile in the policy's registries list"
         }
         ResolveError::Forbidden { .. } => "use an allowed registry",
-        ResolveError::Invalid { .. } => "pin the image by digest yourself",
+        ResolveError::ShuttingDown { .. } => "retry: another pinhook replica will answer",
+        ResolveError::Invalid { .. }
+        | ResolveError::NoCachedAnswer { .. }
+        | ResolveError::NoEndpoint { .. } => "pin the image by digest yourself",
     }
 }
 

@@ -40,6 +40,26 @@ pub struct ParseError {
     pub reason: String,
 }
 
+/// A PEM certificate could not be read into a [`CertInfo`].
+#[derive(Debug, thiserror::Error)]
+pub enum CertInfoError {
+    /// The text holds no PEM block.
+    #[error("no PEM certificate found")]
+    NoPem,
+    /// A PEM block is malformed.
+    #[error("invalid PEM: {0}")]
+    Pem(#[source] x509_parser::error::PEMError),
+    /// The DER inside is not an X.509 certificate.
+    #[error("not an X.509 certificate: {0}")]
+    NotX509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    /// The subjectAltName extension cannot be read.
+    #[error("unreadable subjectAltName: {0}")]
+    SubjectAltName(#[source] x509_parser::error::X509Error),
+    /// A validity time is out of range.
+    #[error("{0}")]
+    Time(#[source] time::error::ComponentRange),
+}
+
 /// Backdating of `notBefore`, so clocks a little behind still accept a new certificate.
 const BACKDATE: Duration = Duration::minutes(5);
 
@@ -106,7 +126,8 @@ impl Authority {
             what: what.to_owned(),
             reason,
         };
-        let cert = CertInfo::parse(cert_pem).map_err(|reason| bad("CA certificate", reason))?;
+        let cert = CertInfo::parse(cert_pem)
+            .map_err(|reason| bad("CA certificate", reason.to_string()))?;
         if !cert.is_ca {
             return Err(bad(
                 "CA certificate",
@@ -205,34 +226,33 @@ pub struct CertInfo {
 
 impl CertInfo {
     /// Reads the first certificate of a PEM text.
-    pub fn parse(pem: &str) -> Result<Self, String> {
+    pub fn parse(pem: &str) -> Result<Self, CertInfoError> {
         let der = Pem::iter_from_buffer(pem.as_bytes())
             .next()
-            .ok_or_else(|| "no PEM certificate found".to_owned())?
-            .map_err(|e| format!("invalid PEM: {e}"))?
+            .ok_or(CertInfoError::NoPem)?
+            .map_err(CertInfoError::Pem)?
             .contents;
         Self::from_der(&der)
     }
 
     /// Reads every certificate of a PEM bundle.
-    pub fn parse_bundle(pem: &str) -> Result<Vec<Self>, String> {
+    pub fn parse_bundle(pem: &str) -> Result<Vec<Self>, CertInfoError> {
         Pem::iter_from_buffer(pem.as_bytes())
             .map(|p| {
-                p.map_err(|e| format!("invalid PEM: {e}"))
+                p.map_err(CertInfoError::Pem)
                     .and_then(|p| Self::from_der(&p.contents))
             })
             .collect()
     }
 
-    fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    fn from_der(der: &[u8]) -> Result<Self, CertInfoError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(CertInfoError::NotX509)?;
         let time = |t: x509_parser::time::ASN1Time| {
-            OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|e| e.to_string())
+            OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(CertInfoError::Time)
         };
         let names = cert
             .subject_alternative_name()
-            .map_err(|e| format!("unreadable subjectAltName: {e}"))?
+            .map_err(CertInfoError::SubjectAltName)?
             .map(|san| {
                 san.value
                     .general_names
@@ -364,6 +384,21 @@ mod tests {
         let ca = Authority::generate("short CA", Duration::hours(1)).unwrap();
         let (cert, _) = ca.issue(&["a.b.svc".into()], Duration::days(90)).unwrap();
         assert_eq!(CertInfo::parse(&cert).unwrap().not_after, ca.not_after());
+    }
+
+    #[test]
+    fn unreadable_certificates_say_why() {
+        assert_eq!(
+            CertInfo::parse("hello").unwrap_err().to_string(),
+            "no PEM certificate found"
+        );
+        let not_x509 = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n";
+        let err = CertInfo::parse_bundle(not_x509).unwrap_err();
+        assert!(matches!(err, CertInfoError::NotX509(_)), "{err:?}");
+        assert!(
+            err.to_string().starts_with("not an X.509 certificate: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -84,18 +84,35 @@ impl RegistryArgs {
     }
 
     /// The credentials of `--registry-config`, if given.
-    pub fn keyring(&self) -> Result<crate::resolve::auth::Keyring, String> {
+    pub fn keyring(&self) -> Result<crate::resolve::auth::Keyring, RegistryConfigFileError> {
         let Some(path) = &self.registry_config else {
             return Ok(crate::resolve::auth::Keyring::default());
         };
-        let bytes = std::fs::read(path)
-            .map_err(|e| format!("cannot read --registry-config {}: {e}", path.display()))?;
-        crate::resolve::auth::Keyring::from_docker_config_json(
+        let bytes = std::fs::read(path).map_err(|source| RegistryConfigFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(crate::resolve::auth::Keyring::from_docker_config_json(
             &bytes,
             &format!("registry config {}", path.display()),
-        )
-        .map_err(|e| e.to_string())
+        )?)
     }
+}
+
+/// `--registry-config` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryConfigFileError {
+    /// The file cannot be read.
+    #[error("cannot read --registry-config {}: {source}", path.display())]
+    Read {
+        /// The file named.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+    /// It is not a usable docker `config.json` (the message names the file).
+    #[error(transparent)]
+    Parse(#[from] crate::resolve::auth::ConfigError),
 }
 
 /// Flags of `pinhook resolve`.

@@ -147,7 +147,7 @@ fn resolve(args: &ResolveCmdArgs) -> ExitCode {
     };
     let keyring = match args.registry.keyring() {
         Ok(k) => k,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     let metrics = std::sync::Arc::new(pinhook::metrics::Metrics::new());
     let resolver = match Resolver::new(

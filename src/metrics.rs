@@ -49,7 +49,8 @@ pub struct CacheLabels {
 /// Labels of registry HTTP requests.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegistryLabels {
-    /// The registry (or mirror) host.
+    /// The registry (or mirror) host when the policy's `registries` list names it, a
+    /// well-known registry, or `other` (see `resolve::labels`): never copied from an image as is.
     pub registry: String,
     /// `ok` or the error label, e.g. `timeout`.
     pub outcome: &'static str,

@@ -87,9 +87,8 @@ impl Pinner {
         }
         let registry = || target.reference.registry().to_owned();
         let Ok(_permit) = self.concurrency.acquire().await else {
-            return PinResult::Failed(ResolveError::Invalid {
+            return PinResult::Failed(ResolveError::ShuttingDown {
                 registry: registry(),
-                detail: "resolver is shutting down".into(),
             });
         };
         let remaining = deadline.saturating_duration_since(Instant::now());

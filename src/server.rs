@@ -533,9 +533,9 @@ fn watch_certificate(
             let Some(snapshot) = watch.poll() else {
                 continue;
             };
-            let loaded = snapshot.map_err(ReloadError::Read).and_then(|files| {
-                Ok(tls::from_pem(&files[0], &files[1], &cert, &key)?)
-            });
+            let loaded = snapshot
+                .map_err(ReloadError::Read)
+                .and_then(|files| Ok(tls::from_pem(&files[0], &files[1], &cert, &key)?));
             match loaded {
                 Ok(server_config) => {
                     config.reload_from_config(server_config);
@@ -703,10 +703,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     .map_err(|message| ServeError::Config {
         message: format!("{}: {message}", policy.source()),
     })?;
-    let registry_config = args
-        .registry
-        .keyring()
-        .map_err(|message| ServeError::Config { message })?;
+    let registry_config = args.registry.keyring().map_err(|e| ServeError::Config {
+        message: e.to_string(),
+    })?;
     let secrets = match PullSecrets::connect(args.secret_cache_ttl).await {
         Ok(s) => {
             tracing::info!(

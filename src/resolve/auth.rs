@@ -8,6 +8,9 @@ use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub use super::host::canonical_host;
+use super::host::{HostPort, canonical};
+
 /// One username/password (or identity token) pair for a registry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
@@ -89,13 +92,8 @@ impl Location {
     fn parse(key: &str) -> Self {
         let rest = key.split_once("://").map_or(key, |(_, r)| r);
         let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                (h, Some(p.to_owned()))
-            }
-            _ => (hostport, None),
-        };
-        let host = canonical_host(&host.to_ascii_lowercase());
+        let HostPort { host, port } = HostPort::split(hostport);
+        let host = canonical(host);
         // `https://index.docker.io/v1/` is the legacy Docker Hub key; its path is not a repository.
         let path = if host == "docker.io" && path.trim_end_matches('/') == "v1" {
             ""
@@ -104,17 +102,14 @@ impl Location {
         };
         Self {
             host,
-            port,
+            port: port.map(str::to_owned),
             path: path.to_owned(),
         }
     }
 
     fn matches(&self, registry: &str, repository: &str) -> bool {
-        let (host, port) = match registry.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
-            _ => (registry, None),
-        };
-        let host = canonical_host(&host.to_ascii_lowercase());
+        let HostPort { host, port } = HostPort::split(registry);
+        let host = canonical(host);
         if self.port.as_deref() != port {
             return false;
         }
@@ -154,16 +149,6 @@ fn label_matches_rest(pattern: &str, rest: &str) -> bool {
         return rest.ends_with(pattern);
     }
     (0..=rest.len()).any(|i| rest.is_char_boundary(i) && label_matches(pattern, &rest[i..]))
-}
-
-/// Docker Hub's several names are one registry.
-pub fn canonical_host(host: &str) -> String {
-    match host {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".to_owned()
-        }
-        h => h.to_owned(),
-    }
 }
 
 impl Keyring {

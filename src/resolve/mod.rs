@@ -2,6 +2,10 @@
 //! credential scope, a bounded stale window for registry outages, and errors in plain words.
 
 pub mod auth;
+pub mod digest;
+mod guard;
+pub mod host;
+pub mod labels;
 pub mod registry;
 pub mod secrets;
 
@@ -17,6 +21,7 @@ use crate::patterns::Patterns;
 use crate::policy::RegistrySettings;
 use crate::reference::ImageRef;
 use auth::{Credential, Keyring};
+use digest::Digest;
 pub use registry::RegistryConfigError;
 use registry::{Exchange, Transport};
 
@@ -99,6 +104,24 @@ pub enum ResolveError {
         /// What was wrong.
         detail: String,
     },
+    /// pinhook is shutting down and starts no new lookup (the resolution slots are closed).
+    #[error("cannot resolve an image of registry {registry}: pinhook is shutting down")]
+    ShuttingDown {
+        /// Registry host.
+        registry: String,
+    },
+    /// The digest cache gave neither a digest nor an error (a bug in pinhook, not the registry).
+    #[error("the digest cache returned no answer for an image of registry {registry}")]
+    NoCachedAnswer {
+        /// Registry host.
+        registry: String,
+    },
+    /// The transport had no endpoint to ask for the registry (a bug in pinhook, not the registry).
+    #[error("no endpoint to ask for registry {registry}")]
+    NoEndpoint {
+        /// Registry host.
+        registry: String,
+    },
 }
 
 impl ResolveError {
@@ -114,6 +137,9 @@ impl ResolveError {
             Self::Forbidden { .. } => "forbidden",
             Self::Status { .. } => "status",
             Self::Invalid { .. } => "invalid",
+            Self::ShuttingDown { .. } => "shutting-down",
+            Self::NoCachedAnswer { .. } => "no-cached-answer",
+            Self::NoEndpoint { .. } => "no-endpoint",
         }
     }
 
@@ -171,51 +197,14 @@ pub struct Scope {
     pub stale_if_error: Duration,
 }
 
-/// A sha256 digest as its 32 bytes: the cache holds up to `--cache-max-entries` of them, so
-/// not as 71-character strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Sha256([u8; 32]);
-
-impl Sha256 {
-    /// `sha256:` and 64 lowercase hex digits (what the registry client returns).
-    fn parse(digest: &str) -> Option<Self> {
-        let hex = digest.strip_prefix("sha256:")?.as_bytes();
-        if hex.len() != 64 {
-            return None;
-        }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        let mut out = [0u8; 32];
-        for (i, pair) in hex.chunks_exact(2).enumerate() {
-            out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
-        }
-        Some(Self(out))
-    }
-
-    /// `sha256:…`, as the registry wrote it.
-    fn to_digest(self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(71);
-        s.push_str("sha256:");
-        for b in self.0 {
-            s.push(HEX[usize::from(b >> 4)] as char);
-            s.push(HEX[usize::from(b & 15)] as char);
-        }
-        s
-    }
-}
-
 /// A cached answer: the latest digest or error for one tag and credential scope, when it was
 /// obtained, and — after an error — the last digest the registry gave (for `staleIfError`).
 /// One entry per key holds both, so a tag costs one cache entry, not two.
 #[derive(Debug, Clone)]
 struct Cached {
-    result: Result<Sha256, Arc<ResolveError>>,
+    result: Result<Digest, Arc<ResolveError>>,
     at: Instant,
-    last_good: Option<(Sha256, Instant)>,
+    last_good: Option<(Digest, Instant)>,
 }
 
 impl Cached {
@@ -230,7 +219,7 @@ impl Cached {
     }
 
     /// The digest to serve if the registry fails now: this answer's, or the one kept from before.
-    fn good(&self) -> Option<(Sha256, Instant)> {
+    fn good(&self) -> Option<(Digest, Instant)> {
         match self.result {
             Ok(digest) => Some((digest, self.at)),
             Err(_) => self.last_good,
@@ -452,15 +441,7 @@ impl Resolver {
                         let result = self
                             .lookup(image, &tag, &credentials, scope.allowed.as_ref(), deadline)
                             .await;
-                        let result = match result {
-                            Ok(digest) => Sha256::parse(&digest).ok_or_else(|| {
-                                Arc::new(ResolveError::Invalid {
-                                    registry: image.registry().to_owned(),
-                                    detail: format!("{digest:?} is not a sha256 digest"),
-                                })
-                            }),
-                            Err(e) => Err(Arc::new(e)),
-                        };
+                        let result = result.map_err(Arc::new);
                         let last_good = match result {
                             Ok(_) => None,
                             Err(_) => previous.as_ref().and_then(Cached::good),
@@ -486,9 +467,8 @@ impl Resolver {
                     // ever answer otherwise, the request gets an error rather than a panic.
                     CompResult::StillNone(_) | CompResult::Removed(_) => (
                         Cached {
-                            result: Err(Arc::new(ResolveError::Invalid {
+                            result: Err(Arc::new(ResolveError::NoCachedAnswer {
                                 registry: image.registry().to_owned(),
-                                detail: "the digest cache returned no answer".to_owned(),
                             })),
                             at: Instant::now(),
                             last_good: None,
@@ -501,7 +481,7 @@ impl Resolver {
         let (answer, label) = match &entry.result {
             Ok(digest) => (
                 Ok(Resolved {
-                    digest: digest.to_digest(),
+                    digest: digest.to_string(),
                     stale_for: None,
                 }),
                 label,
@@ -514,7 +494,7 @@ impl Resolver {
                 {
                     (
                         Ok(Resolved {
-                            digest: digest.to_digest(),
+                            digest: digest.to_string(),
                             stale_for: Some(at.elapsed()),
                         }),
                         "stale",
@@ -534,7 +514,7 @@ impl Resolver {
         credentials: &[Credential],
         allowed: Option<&Patterns>,
         deadline: Instant,
-    ) -> Result<String, ResolveError> {
+    ) -> Result<Digest, ResolveError> {
         let transport = self.transport.load_full();
         let endpoints = transport.endpoints(image.registry());
         let mut last_err = None;
@@ -560,7 +540,7 @@ impl Resolver {
                     self.metrics
                         .registry_requests
                         .get_or_create(&RegistryLabels {
-                            registry: endpoint.host.clone(),
+                            registry: transport.registry_label(&endpoint.host),
                             outcome,
                         })
                         .inc_by(u64::from(exchange.requests));
@@ -596,9 +576,8 @@ impl Resolver {
                 None => {}
             }
         }
-        Err(last_err.unwrap_or_else(|| ResolveError::Invalid {
+        Err(last_err.unwrap_or_else(|| ResolveError::NoEndpoint {
             registry: image.registry().to_owned(),
-            detail: "no endpoint to ask".into(),
         }))
     }
 }
@@ -606,16 +585,6 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sha256_round_trips_and_refuses_other_text() {
-        let d = "sha256:7b3ccabffc97de872a30dfd234fd972a66d247c8cfc69b0550f276481852627c";
-        assert_eq!(Sha256::parse(d).unwrap().to_digest(), d);
-        assert_eq!(Sha256::parse(&d.to_uppercase()), None);
-        assert_eq!(Sha256::parse(&d[..70]), None);
-        assert_eq!(Sha256::parse(&d.replace("sha256", "sha512")), None);
-        assert_eq!(Sha256::parse(&d.replace('7', "g")), None);
-    }
 
     /// A registry of our own on 127.0.0.1: answers `HEAD /v2/*/manifests/*` with a digest after
     /// `delay`, or with `status` when it is not 200; counts manifest requests.
@@ -678,6 +647,32 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
+    }
+
+    #[test]
+    fn internal_failures_have_their_own_words_and_labels() {
+        let r = || "registry.example.com".to_owned();
+        let cases = [
+            (
+                ResolveError::ShuttingDown { registry: r() },
+                "shutting-down",
+                "cannot resolve an image of registry registry.example.com: pinhook is shutting down",
+            ),
+            (
+                ResolveError::NoCachedAnswer { registry: r() },
+                "no-cached-answer",
+                "the digest cache returned no answer for an image of registry registry.example.com",
+            ),
+            (
+                ResolveError::NoEndpoint { registry: r() },
+                "no-endpoint",
+                "no endpoint to ask for registry registry.example.com",
+            ),
+        ];
+        for (e, label, message) in cases {
+            assert_eq!((e.metric_label(), e.to_string().as_str()), (label, message));
+            assert!(!e.is_outage(), "{e}");
+        }
     }
 
     #[tokio::test]
@@ -747,6 +742,77 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let back = r.resolve(&image, &hour, soon(), false).await.unwrap();
         assert_eq!((back.digest.as_str(), back.stale_for), (DIGEST, None));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn thousands_of_registries_make_a_bounded_number_of_metric_series() {
+        use std::sync::atomic::Ordering;
+        let reg = fake_registry(Duration::ZERO).await;
+        let metrics = Arc::new(Metrics::new());
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let registries = [RegistrySettings {
+            host: reg.host.clone(),
+            insecure: true,
+            ..Default::default()
+        }];
+        let settings = ResolverSettings {
+            call_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let r = Arc::new(Resolver::new(&registries, &settings, metrics.clone()).unwrap());
+        // A port nobody listens on, on any address: every 127.a.b.c (all loopback) refuses it.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        const HOSTS: usize = 3000;
+        let mut set = tokio::task::JoinSet::new();
+        let mut results = Vec::new();
+        for i in 0..HOSTS {
+            let r = r.clone();
+            let image = format!("127.0.{}.{}:{closed}/shop/web:1.0.0", i / 250, i % 250 + 1);
+            set.spawn(async move {
+                let image = ImageRef::parse(&image).unwrap();
+                r.resolve(&image, &scope(Duration::ZERO), soon(), false)
+                    .await
+            });
+            if set.len() >= 64 {
+                results.push(set.join_next().await.unwrap().unwrap());
+            }
+        }
+        results.extend(set.join_all().await);
+        assert_eq!(results.len(), HOSTS);
+        for result in &results {
+            assert!(
+                matches!(result, Err(ResolveError::Connect { .. })),
+                "{result:?}"
+            );
+        }
+        // The configured registry keeps its own label.
+        let image = ImageRef::parse(&format!("{}/shop/web:1.0.0", reg.host)).unwrap();
+        r.resolve(&image, &scope(Duration::ZERO), soon(), false)
+            .await
+            .unwrap();
+        assert_eq!(reg.requests.load(Ordering::SeqCst), 1);
+
+        let text = metrics.encode();
+        let mut series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("pinhook_registry_requests_total{"))
+            .collect();
+        series.sort_unstable();
+        let mut want = [
+            format!(
+                "pinhook_registry_requests_total{{registry=\"other\",outcome=\"connect\"}} {HOSTS}"
+            ),
+            format!(
+                "pinhook_registry_requests_total{{registry=\"{}\",outcome=\"ok\"}} 1",
+                reg.host
+            ),
+        ];
+        want.sort_unstable();
+        assert_eq!(series, want, "{text}");
     }
 
     #[tokio::test]

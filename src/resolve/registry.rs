@@ -1,11 +1,9 @@
 //! Talking to a registry: `HEAD` the manifest with every manifest media type accepted, take
 //! `Docker-Content-Digest` (or `GET` and hash the exact bytes), answering Basic and Bearer
-//! challenges, honouring `429 Retry-After` within the deadline, and never contacting a
-//! link-local or cloud-metadata address (checked at DNS resolution, so redirects, token realms
-//! and DNS rebinding are covered too).
+//! challenges, honouring `429 Retry-After` within the deadline; every client it builds carries
+//! the SSRF guard of `guard.rs`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,20 +12,20 @@ use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE,
 };
-use sha2::{Digest, Sha256};
 
 use super::ResolveError;
 use super::auth::Credential;
+use super::digest::Digest;
+pub use super::guard::is_forbidden;
+use super::guard::{self, ForbiddenAddress, check_host};
+use super::host;
+use super::labels::RegistryLabelSet;
 use crate::patterns::Patterns;
 use crate::policy::RegistrySettings;
 
 /// The `Accept` header: OCI index, OCI manifest, Docker manifest list, Docker manifest v2
 /// (checked against oci-client's constants in a test).
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-
-/// AWS's IPv6 instance-metadata address.
-const AWS_METADATA_V6: std::net::Ipv6Addr =
-    std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 
 /// The policy's `registries` list cannot be turned into HTTP clients.
 #[derive(Debug, thiserror::Error)]
@@ -64,98 +62,6 @@ pub enum CaFileProblem {
     Client(reqwest::Error),
 }
 
-/// True for addresses pinhook never contacts: link-local (cloud metadata lives there), the
-/// well-known metadata endpoints, unspecified, broadcast and multicast.
-pub fn is_forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.octets() == [100, 100, 100, 200]
-        }
-        IpAddr::V6(v6) => {
-            if let Some(mapped) = v6.to_ipv4_mapped() {
-                return is_forbidden(IpAddr::V4(mapped));
-            }
-            let seg = v6.segments();
-            (seg[0] & 0xffc0) == 0xfe80
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6 == AWS_METADATA_V6
-        }
-    }
-}
-
-/// The error a filtered DNS answer produces, found again in reqwest's error chain.
-#[derive(Debug, thiserror::Error)]
-#[error("{host} resolves only to forbidden addresses ({addrs})")]
-struct ForbiddenAddress {
-    host: String,
-    addrs: String,
-}
-
-/// A DNS resolver that drops forbidden addresses.
-#[derive(Debug, Clone, Copy)]
-struct GuardedResolver;
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = all
-                .iter()
-                .copied()
-                .filter(|a| !is_forbidden(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                let addrs = all
-                    .iter()
-                    .map(|a| a.ip().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(Box::new(ForbiddenAddress { host, addrs })
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// Checks a host before any request: forbidden IP literals, and `allowedRegistries` when set.
-fn check_host(host_port: &str, allowed: Option<&Patterns>) -> Result<(), ResolveError> {
-    let host = host_port
-        .strip_prefix('[')
-        .and_then(|h| h.split_once(']').map(|(h, _)| h))
-        .unwrap_or_else(|| {
-            host_port
-                .rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(host_port, |(h, _)| h)
-        });
-    if let Ok(ip) = host.parse::<IpAddr>()
-        && is_forbidden(ip)
-    {
-        return Err(ResolveError::Forbidden {
-            host: host_port.to_owned(),
-            reason: format!("{ip} is a link-local or metadata address"),
-        });
-    }
-    if let Some(allowed) = allowed
-        && !allowed.is_empty()
-        && !allowed.is_match(host_port)
-        && !allowed.is_match(host)
-    {
-        return Err(ResolveError::Forbidden {
-            host: host_port.to_owned(),
-            reason: "not in allowedRegistries".into(),
-        });
-    }
-    Ok(())
-}
-
 /// A cached bearer token.
 #[derive(Debug, Clone)]
 struct Token {
@@ -183,6 +89,7 @@ pub struct Transport {
     mirrors: HashMap<String, Vec<String>>,
     call_timeout: Duration,
     tokens: moka::sync::Cache<String, Token>,
+    labels: RegistryLabelSet,
 }
 
 /// What one lookup asks for, and within which bounds.
@@ -209,25 +116,11 @@ pub struct Exchange {
 
 fn client_builder(call_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver))
+        .dns_resolver(Arc::new(guard::GuardedResolver))
         .connect_timeout(call_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .user_agent(concat!("pinhook/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::custom(|attempt| {
-            let host = attempt.url().host_str().unwrap_or("").to_owned();
-            if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>()
-                && is_forbidden(ip)
-            {
-                attempt.error(ForbiddenAddress {
-                    host,
-                    addrs: ip.to_string(),
-                })
-            } else if attempt.previous().len() >= 5 {
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
-        }))
+        .redirect(guard::redirect_policy())
 }
 
 impl Transport {
@@ -243,7 +136,7 @@ impl Transport {
         let mut insecure = HashSet::new();
         let mut mirrors = HashMap::new();
         for r in registries {
-            let host = super::auth::canonical_host(&r.host.to_ascii_lowercase());
+            let host = host::canonical(&r.host);
             if r.insecure {
                 insecure.insert(host.clone());
                 for m in &r.mirrors {
@@ -281,6 +174,7 @@ impl Transport {
             insecure,
             mirrors,
             call_timeout,
+            labels: RegistryLabelSet::new(registries),
             tokens: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
@@ -290,7 +184,7 @@ impl Transport {
 
     /// The endpoints to try for `registry`: its mirrors, then itself.
     pub fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
-        let canonical = super::auth::canonical_host(&registry.to_ascii_lowercase());
+        let canonical = host::canonical(registry);
         let scheme = |h: &str| {
             if self.insecure.contains(h) {
                 "http"
@@ -322,6 +216,11 @@ impl Transport {
         out
     }
 
+    /// The `registry` metric label of an endpoint host, from the closed set of this policy.
+    pub fn registry_label(&self, host: &str) -> String {
+        self.labels.label(host)
+    }
+
     fn client(&self, host: &str) -> &reqwest::Client {
         self.per_host.get(host).unwrap_or(&self.default)
     }
@@ -332,7 +231,7 @@ impl Transport {
         endpoint: &Endpoint,
         q: &Lookup<'_>,
         exchange: &mut Exchange,
-    ) -> Result<String, ResolveError> {
+    ) -> Result<Digest, ResolveError> {
         let Lookup {
             repository,
             tag,
@@ -386,12 +285,15 @@ impl Transport {
                 }
                 StatusCode::UNAUTHORIZED if !challenged => {
                     challenged = true;
-                    let challenge = resp
+                    // Several header lines are one comma-separated list (RFC 9110 5.3).
+                    let header = resp
                         .headers()
-                        .get(WWW_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok())
-                        .map(parse_challenge)
-                        .unwrap_or(Challenge::None);
+                        .get_all(WWW_AUTHENTICATE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let challenge = parse_challenge(&header);
                     authorization = match challenge {
                         Challenge::Basic => match credential {
                             Some(c) => Some(basic(c)),
@@ -484,7 +386,7 @@ impl Transport {
         authorization: Option<&str>,
         deadline: Instant,
         exchange: &mut Exchange,
-    ) -> Result<String, ResolveError> {
+    ) -> Result<Digest, ResolveError> {
         let resp = self
             .send(
                 endpoint,
@@ -507,9 +409,8 @@ impl Transport {
             .bytes()
             .await
             .map_err(|e| classify(&endpoint.host, &e, self.call_timeout))?;
-        let computed = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        let computed = Digest::of(&body);
         if let Some(h) = header
-            && h.starts_with("sha256:")
             && h != computed
         {
             return Err(ResolveError::Invalid {
@@ -541,11 +442,7 @@ impl Transport {
             registry: endpoint.host.clone(),
             detail: format!("token realm {realm:?} is not a URL: {e}"),
         })?;
-        let realm_host = match (realm_url.host_str(), realm_url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            _ => String::new(),
-        };
+        let realm_host = host::of_url(&realm_url);
         check_host(&realm_host, allowed)?;
         let remaining = deadline
             .saturating_duration_since(Instant::now())
@@ -658,23 +555,18 @@ fn refuse_schema1(headers: &HeaderMap, registry: &str) -> Result<(), ResolveErro
     Ok(())
 }
 
-fn digest_header(headers: &HeaderMap, registry: &str) -> Result<Option<String>, ResolveError> {
+/// The `Docker-Content-Digest` header: absent, a sha256 digest, or an unusable answer.
+fn digest_header(headers: &HeaderMap, registry: &str) -> Result<Option<Digest>, ResolveError> {
     let Some(v) = headers.get("docker-content-digest") else {
         return Ok(None);
     };
     let d = v.to_str().unwrap_or("");
-    let valid = d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    });
-    if !valid {
-        return Err(ResolveError::Invalid {
+    Digest::parse(d)
+        .map(Some)
+        .ok_or_else(|| ResolveError::Invalid {
             registry: registry.to_owned(),
             detail: format!("Docker-Content-Digest {d:?} is not a sha256 digest"),
-        });
-    }
-    Ok(Some(d.to_owned()))
+        })
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -694,41 +586,37 @@ enum Challenge {
     None,
 }
 
+/// Reads a `WWW-Authenticate` value (RFC 7235, with `http-auth`'s parser): a Bearer challenge
+/// with a realm wins, then Basic, whatever their order; a syntax error ends the list, and the
+/// challenges before it still count.
 fn parse_challenge(header: &str) -> Challenge {
-    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
-    if scheme.eq_ignore_ascii_case("basic") {
-        return Challenge::Basic;
-    }
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Challenge::None;
-    }
-    let mut realm = String::new();
-    let mut service = String::new();
-    let mut rest = params;
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else {
-            break;
-        };
-        let key = key.trim().trim_start_matches(',').trim();
-        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.split_once('"') {
-                Some((v, n)) => (v, n),
-                None => (quoted, ""),
+    let mut basic = false;
+    for challenge in http_auth::ChallengeParser::new(header) {
+        let Ok(challenge) = challenge else { break };
+        if challenge.scheme.eq_ignore_ascii_case("bearer") {
+            let param = |name: &str| {
+                challenge
+                    .params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.to_unescaped())
+                    .unwrap_or_default()
+            };
+            let realm = param("realm");
+            if !realm.is_empty() {
+                return Challenge::Bearer {
+                    realm,
+                    service: param("service"),
+                };
             }
-        } else {
-            after.split_once(',').map_or((after, ""), |(v, n)| (v, n))
-        };
-        match key.to_ascii_lowercase().as_str() {
-            "realm" => realm = value.to_owned(),
-            "service" => service = value.to_owned(),
-            _ => {}
+        } else if challenge.scheme.eq_ignore_ascii_case("basic") {
+            basic = true;
         }
-        rest = next.trim_start_matches(',').trim_start();
     }
-    if realm.is_empty() {
-        Challenge::None
+    if basic {
+        Challenge::Basic
     } else {
-        Challenge::Bearer { realm, service }
+        Challenge::None
     }
 }
 
@@ -779,10 +667,6 @@ fn classify(registry: &str, e: &reqwest::Error, limit: Duration) -> ResolveError
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,6 +674,11 @@ mod tests {
         IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
         OCI_IMAGE_MEDIA_TYPE,
     };
+
+    /// reqwest needs a rustls provider to build a client; other tests may have installed it.
+    fn install_crypto_provider() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 
     #[test]
     fn accept_covers_the_four_manifest_types() {
@@ -801,52 +690,6 @@ mod tests {
         ] {
             assert!(MANIFEST_ACCEPT.contains(t), "{t}");
         }
-    }
-
-    #[test]
-    fn forbids_metadata_and_link_local() {
-        for ip in [
-            "169.254.169.254",
-            "169.254.0.1",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:169.254.169.254",
-            "100.100.100.200",
-            "0.0.0.0",
-        ] {
-            assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["127.0.0.1", "10.0.0.5", "192.168.1.1", "::1", "8.8.8.8"] {
-            assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
-    fn ip_literal_hosts_are_checked_before_any_request() {
-        assert!(matches!(
-            check_host("169.254.169.254", None),
-            Err(ResolveError::Forbidden { .. })
-        ));
-        assert!(matches!(
-            check_host("169.254.169.254:80", None),
-            Err(ResolveError::Forbidden { .. })
-        ));
-        assert!(matches!(
-            check_host("[fd00:ec2::254]:443", None),
-            Err(ResolveError::Forbidden { .. })
-        ));
-        assert!(check_host("127.0.0.1:5000", None).is_ok());
-    }
-
-    #[test]
-    fn allowed_registries_bound_every_host() {
-        let allowed = Patterns::new(&["*.example.com"], true).unwrap();
-        assert!(check_host("registry.example.com", Some(&allowed)).is_ok());
-        let err = check_host("auth.docker.io", Some(&allowed)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "refusing to contact auth.docker.io: not in allowedRegistries"
-        );
     }
 
     #[test]
@@ -866,6 +709,51 @@ mod tests {
             Challenge::Basic
         );
         assert_eq!(parse_challenge("Negotiate"), Challenge::None);
+    }
+
+    #[test]
+    fn parses_several_challenges_and_quoted_commas() {
+        let bearer = |realm: &str, service: &str| Challenge::Bearer {
+            realm: realm.into(),
+            service: service.into(),
+        };
+        // Bearer wins over Basic, in either order; unknown schemes are skipped.
+        assert_eq!(
+            parse_challenge(r#"Basic realm="r", Bearer realm="https://a.io/t",service="a.io""#),
+            bearer("https://a.io/t", "a.io")
+        );
+        assert_eq!(
+            parse_challenge(r#"Negotiate, Bearer realm="https://a.io/t""#),
+            bearer("https://a.io/t", "")
+        );
+        assert_eq!(
+            parse_challenge(r#"Negotiate, Basic realm="r""#),
+            Challenge::Basic
+        );
+        // A comma or an escaped quote inside a quoted string belongs to the value.
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://a.io/t?x=1,2", service="s \"q\"", scope="repository:a/b:pull,push""#
+            ),
+            bearer("https://a.io/t?x=1,2", r#"s "q""#)
+        );
+        // Parameter names and schemes are case-insensitive; a Bearer challenge needs a realm.
+        assert_eq!(
+            parse_challenge(r#"bearer REALM="https://a.io/t""#),
+            bearer("https://a.io/t", "")
+        );
+        assert_eq!(parse_challenge(r#"Bearer service="s""#), Challenge::None);
+        // A syntax error ends the list; what came before it counts.
+        assert_eq!(
+            parse_challenge(r#"Basic realm="r", error error"#),
+            Challenge::Basic
+        );
+        assert_eq!(parse_challenge(""), Challenge::None);
+        // A realm URL must be quoted: ':' and '/' are not token characters (RFC 7235).
+        assert_eq!(
+            parse_challenge("Bearer realm=https://a.io/t"),
+            Challenge::None
+        );
     }
 
     #[test]
@@ -909,6 +797,7 @@ mod tests {
 
     #[test]
     fn docker_hub_goes_to_registry_1() {
+        install_crypto_provider();
         let t = Transport::new(&[], Duration::from_secs(1)).unwrap();
         let e = t.endpoints("docker.io");
         assert_eq!(e.len(), 1);
@@ -920,6 +809,7 @@ mod tests {
 
     #[test]
     fn mirrors_come_first_and_insecure_means_http() {
+        install_crypto_provider();
         let t = Transport::new(
             &[RegistrySettings {
                 host: "127.0.0.1:5000".into(),
@@ -942,6 +832,7 @@ mod tests {
 
     #[test]
     fn unreadable_ca_file_names_it() {
+        install_crypto_provider();
         let err = Transport::new(
             &[RegistrySettings {
                 host: "r.io".into(),

@@ -9,6 +9,17 @@ use kube::Api;
 
 use super::auth::Keyring;
 
+/// No Kubernetes API to read pull secrets from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Neither an in-cluster config nor a usable `KUBECONFIG`.
+    #[error("{0}")]
+    Config(#[from] kube::config::InferConfigError),
+    /// The configuration found cannot make a client.
+    #[error("{0}")]
+    Client(#[from] kube::Error),
+}
+
 /// Reads pull secrets with a Kubernetes client.
 #[derive(Clone)]
 pub struct PullSecrets {
@@ -24,10 +35,11 @@ impl std::fmt::Debug for PullSecrets {
 }
 
 impl PullSecrets {
-    /// Connects using the in-cluster config or `KUBECONFIG`; `None` (with the reason) when neither exists.
-    pub async fn connect(cache_ttl: Duration) -> Result<Self, String> {
-        let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
-        let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+    /// Connects using the in-cluster config or `KUBECONFIG`; an error (with the reason) when
+    /// neither exists or the client cannot be built.
+    pub async fn connect(cache_ttl: Duration) -> Result<Self, ConnectError> {
+        let config = kube::Config::infer().await?;
+        let client = kube::Client::try_from(config)?;
         Ok(Self::with_client(client, cache_ttl))
     }
 
