@@ -26,6 +26,9 @@ pub enum Endpoint {
     Validate,
     /// `/mutate`: judge, then pin what is allowed.
     Mutate,
+    /// `pinhook pin` and `pinhook krm`: judge a manifest and pin what the policy allows; images
+    /// it denies are reported and left alone, and the others are still pinned.
+    Manifest,
 }
 
 impl Endpoint {
@@ -34,6 +37,7 @@ impl Endpoint {
         match self {
             Endpoint::Validate => "validate",
             Endpoint::Mutate => "mutate",
+            Endpoint::Manifest => "manifest",
         }
     }
 }
@@ -389,7 +393,9 @@ pub fn decide(policy: &Policy, object: ObjectRef, view: View<'_>, endpoint: Endp
             findings.push(Finding::new(&site, image, reason));
         }
     }
-    let denied = profile.mode == Mode::Enforce && !findings.is_empty();
+    // At admission a denied request is not pinned; in a manifest the allowed images still are.
+    let denied =
+        endpoint == Endpoint::Mutate && profile.mode == Mode::Enforce && !findings.is_empty();
     let pin = match pinning {
         Err(why) => Err(why),
         Ok(()) if denied => Err(NoPin::Denied),
@@ -423,7 +429,7 @@ pub fn decide(policy: &Policy, object: ObjectRef, view: View<'_>, endpoint: Endp
 
 /// Whether `/mutate` may pin this object at all.
 fn pinning_wanted(profile: &Profile, view: &View<'_>, endpoint: Endpoint) -> Result<(), NoPin> {
-    if endpoint != Endpoint::Mutate {
+    if endpoint == Endpoint::Validate {
         return Err(NoPin::NotRequested);
     }
     if !profile.pin {

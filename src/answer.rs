@@ -120,7 +120,7 @@ impl<'d> Answer<'d> {
         let denials: Vec<String> = pins
             .iter()
             .filter_map(|(t, r)| match r {
-                PinResult::Failed(e) if denies(e, plan.on_failure) => Some(pin_denial(t, e)),
+                PinResult::Failed(e) if denies(e, plan.on_failure) => Some(unresolved(t, e)),
                 _ => None,
             })
             .collect();
@@ -336,8 +336,8 @@ fn fit(s: String) -> String {
     }
 }
 
-/// One denial line for a tag that cannot be pinned.
-fn pin_denial(t: &Target, e: &ResolveError) -> String {
+/// One line for a tag that cannot be pinned: the site, the image, the error and what to do.
+pub fn unresolved(t: &Target, e: &ResolveError) -> String {
     format!(
         "{} {:?} ({}): cannot pin image {:?}: {e}; {}",
         t.noun,

@@ -17,6 +17,7 @@ pub mod config;
 pub mod duration;
 pub mod metrics;
 pub mod mutate;
+pub mod offline;
 pub mod patterns;
 pub mod pin;
 pub mod policy;
