@@ -15,6 +15,7 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod duration;
+pub mod manifest;
 pub mod metrics;
 pub mod mutate;
 pub mod offline;

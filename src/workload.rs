@@ -369,7 +369,7 @@ pub fn pull_credentials(kind: WorkloadKind, object: &Value) -> PullCredentials {
 }
 
 /// A pod-bearing object found in a manifest.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Manifest<'a> {
     /// Its kind.
     pub kind: WorkloadKind,
@@ -381,23 +381,28 @@ pub struct Manifest<'a> {
     pub generate_name: &'a str,
     /// The whole object.
     pub body: &'a Value,
+    /// Where the object is in the document (`/items/2` in a `List`, empty at the root).
+    pub pointer: PointerBuf,
 }
 
 /// Every pod-bearing object of a manifest document, the items of `*List` kinds included.
 pub fn manifests(value: &Value) -> Vec<Manifest<'_>> {
     let mut out = Vec::new();
-    collect_manifests(value, &mut out);
+    collect_manifests(value, PointerBuf::new(), &mut out);
     out
 }
 
-fn collect_manifests<'a>(value: &'a Value, out: &mut Vec<Manifest<'a>>) {
+fn collect_manifests<'a>(value: &'a Value, pointer: PointerBuf, out: &mut Vec<Manifest<'a>>) {
     let str_at = |ptr: &str| value.pointer(ptr).and_then(Value::as_str).unwrap_or("");
     let kind = str_at("/kind");
     if kind.ends_with("List")
         && let Some(items) = value.get("items").and_then(Value::as_array)
     {
-        for item in items {
-            collect_manifests(item, out);
+        for (i, item) in items.iter().enumerate() {
+            let mut at = pointer.clone();
+            at.push_back("items");
+            at.push_back(i);
+            collect_manifests(item, at, out);
         }
         return;
     }
@@ -408,6 +413,7 @@ fn collect_manifests<'a>(value: &'a Value, out: &mut Vec<Manifest<'a>>) {
             name: str_at("/metadata/name"),
             generate_name: str_at("/metadata/generateName"),
             body: value,
+            pointer,
         });
     }
 }
@@ -624,5 +630,6 @@ mod tests {
             (found[0].kind, found[0].namespace, found[0].name),
             (WorkloadKind::CronJob, "ops", "nightly")
         );
+        assert_eq!(found[0].pointer.as_str(), "/items/1");
     }
 }
