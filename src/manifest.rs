@@ -98,7 +98,9 @@ pub struct Splice {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EditError {
     /// Block scalars (`|`, `>`) are left alone.
-    #[error("line {line}: the image is a block scalar (| or >); write it on one line to have it pinned")]
+    #[error(
+        "line {line}: the image is a block scalar (| or >); write it on one line to have it pinned"
+    )]
     Block {
         /// 1-based line.
         line: usize,
@@ -163,6 +165,56 @@ pub fn apply(text: &str, mut splices: Vec<Splice>) -> String {
         out.replace_range(s.start..s.end, &s.text);
     }
     out
+}
+
+/// The manifest files named by `paths`: files as given (`-` for stdin), directories walked
+/// (sorted, recursively) for `*.yaml`, `*.yml` and `*.json`.
+pub fn files(paths: &[std::path::PathBuf]) -> Vec<Result<std::path::PathBuf, WalkError>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut out);
+        } else {
+            out.push(Ok(path.clone()));
+        }
+    }
+    out
+}
+
+/// A directory that cannot be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot list: {source}", dir.display())]
+pub struct WalkError {
+    /// The directory.
+    pub dir: std::path::PathBuf,
+    /// The I/O error.
+    pub source: std::io::Error,
+}
+
+fn walk(dir: &std::path::Path, out: &mut Vec<Result<std::path::PathBuf, WalkError>>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(source) => {
+            out.push(Err(WalkError {
+                dir: dir.to_owned(),
+                source,
+            }));
+            return;
+        }
+    };
+    let mut paths: Vec<std::path::PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for p in paths {
+        if p.is_dir() {
+            walk(&p, out);
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            out.push(Ok(p));
+        }
+    }
 }
 
 /// Parses every document of `text`.
@@ -532,10 +584,7 @@ mod tests {
             let s = d.scalar(p).unwrap();
             (&POD[s.start..s.end], s.style)
         };
-        assert_eq!(
-            at("/spec/containers/0/image"),
-            ("nginx:1.27", Style::Plain)
-        );
+        assert_eq!(at("/spec/containers/0/image"), ("nginx:1.27", Style::Plain));
         assert_eq!(
             at("/spec/containers/1/image"),
             ("'busybox:1.36'", Style::Single)
@@ -576,9 +625,15 @@ mod tests {
 
     #[test]
     fn an_anchored_image_is_edited_where_it_is_written() {
-        let text = "x-img: &img shop/web:1.0.0\nspec:\n  containers:\n  - name: a\n    image: *img\n";
+        let text =
+            "x-img: &img shop/web:1.0.0\nspec:\n  containers:\n  - name: a\n    image: *img\n";
         let docs = parse(text).unwrap();
-        let s = replace(&docs[0], "/spec/containers/0/image", "shop/web:1.0.0@sha256:aa").unwrap();
+        let s = replace(
+            &docs[0],
+            "/spec/containers/0/image",
+            "shop/web:1.0.0@sha256:aa",
+        )
+        .unwrap();
         assert_eq!(&text[s.start..s.end], "shop/web:1.0.0");
         assert_eq!(s.start, text.find("shop/web").unwrap());
     }
