@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test control plane (tests/cluster): `testcluster` (embedded etcd, kube-apiserver and
 # kube-controller-manager of Kubernetes v1.37.2 in one process) and the kubectl of the same
-# release, into tests/cluster/bin/. Go's build cache makes a second build take seconds.
+# release, into tests/cluster/bin/, and the standalone kustomize that kubectl embeds (kubectl's
+# `kustomize` has no --enable-exec, so exec KRM functions need the standalone one). Go's build
+# cache makes a second build take seconds.
 set -euo pipefail
 cd "$(dirname "$0")/../tests/cluster"
 command -v go >/dev/null 2>&1 || { echo "build-cluster: Go is not installed (needs Go >= 1.26)" >&2; exit 1; }
@@ -18,4 +20,5 @@ done
 # and the module graph is read-only, so a build never edits go.mod.
 go build -ldflags "$ldflags" -o bin/testcluster .
 go build -ldflags "$ldflags" -o bin/kubectl k8s.io/kubernetes/cmd/kubectl
-echo "build-cluster: tests/cluster/bin/{testcluster,kubectl} at Kubernetes $v ($(( $(date +%s) - start )) s)"
+go build -o bin/kustomize sigs.k8s.io/kustomize/kustomize/v5
+echo "build-cluster: tests/cluster/bin/{testcluster,kubectl,kustomize} at Kubernetes $v ($(( $(date +%s) - start )) s)"

@@ -47,6 +47,10 @@ pub enum Command {
     Resolve(ResolveCmdArgs),
     /// Generate a throw-away CA and serving certificate (for demos and tests).
     Cert(CertArgs),
+    /// Pin the images of manifest files in place, as /mutate would.
+    Pin(PinArgs),
+    /// A KRM function: pin the images of a ResourceList (stdin to stdout).
+    Krm(KrmArgs),
 }
 
 /// Registry resolution flags, shared by `serve` and `resolve`.
@@ -250,6 +254,41 @@ pub struct CheckArgs {
     /// Manifest files (YAML or JSON, multi-document); `-` reads standard input.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+}
+
+/// Flags of `pinhook pin`.
+#[derive(Debug, Clone, Args)]
+pub struct PinArgs {
+    /// Policy file (YAML); the built-in default applies when absent.
+    #[arg(long, env = "PINHOOK_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Namespace assumed for objects that name none.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Change nothing: exit 1 when an image would be pinned or is denied.
+    #[arg(long)]
+    pub check: bool,
+    /// Resolve `name:tag@digest` again and update the digest where the tag moved.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Manifest files and directories (walked for *.yaml, *.yml, *.json); `-` reads stdin
+    /// and writes the pinned text to stdout.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Flags of `pinhook krm` (the policy comes from the ResourceList's `functionConfig`).
+#[derive(Debug, Clone, Args)]
+pub struct KrmArgs {
+    /// Namespace assumed for objects that name none.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Flags of `pinhook cert`.

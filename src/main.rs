@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use pinhook::config::{CertArgs, CheckArgs, Cli, Command, LogFormat, ResolveCmdArgs};
+use pinhook::config::{CertArgs, CheckArgs, Cli, Command, LogFormat, PinArgs, ResolveCmdArgs};
 use pinhook::{audit, certs, check, policy::Policy, server};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Pin(args) => return pin(&args),
+        Command::Krm(args) => return ExitCode::from(pinhook::krm::run(&args) as u8),
         Command::Serve(args) => serve(args),
         Command::Check(args) => return check(&args),
         Command::Resolve(args) => return resolve(&args),
@@ -212,6 +214,44 @@ fn resolve(args: &ResolveCmdArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Pins manifest files in place (`--check`: reports only); the exit status of pinhook_files.
+fn pin(args: &PinArgs) -> ExitCode {
+    use pinhook::pin_files::{self, Options};
+    let fail = |msg: String| {
+        eprintln!("pinhook pin: {msg}");
+        ExitCode::from(pin_files::EXIT_UNREADABLE as u8)
+    };
+    let policy = match &args.policy {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => return fail(e.to_string()),
+        },
+        None => Policy::default(),
+    };
+    let offline = match pinhook::offline::Offline::new(policy, &args.registry) {
+        Ok(o) => o,
+        Err(e) => return fail(e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    let opts = Options {
+        check: args.check,
+        refresh: args.refresh,
+        namespace: args.namespace.clone(),
+    };
+    let report = runtime.block_on(pin_files::pin_paths(&offline, &args.paths, &opts));
+    for line in &report.lines {
+        eprintln!("{line}");
+    }
+    eprintln!("{}", report.summary(args.check));
+    ExitCode::from(report.exit_code(args.check) as u8)
 }
 
 fn cert(args: &CertArgs) -> anyhow::Result<()> {

@@ -48,6 +48,15 @@ pub struct Edit {
     pub to: String,
 }
 
+/// An image left alone, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path of the image, e.g. `spec.template.spec.containers[0]`.
+    pub path: String,
+    /// The sentence, in the webhook's words.
+    pub message: String,
+}
+
 /// What pinning one object would do.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectPins {
@@ -56,11 +65,24 @@ pub struct ObjectPins {
     /// The images to rewrite.
     pub edits: Vec<Edit>,
     /// Images the policy denies, in `/validate`'s words (left alone).
-    pub denied: Vec<String>,
+    pub denied: Vec<Problem>,
     /// Images that could not be resolved, in `/mutate`'s words (left alone).
-    pub unresolved: Vec<String>,
+    pub unresolved: Vec<Problem>,
     /// Warnings (warn mode findings), in `/mutate`'s words.
     pub warnings: Vec<String>,
+}
+
+/// What pinning one image string (a kustomization `images:` entry) gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageOutcome {
+    /// The digest to write.
+    Pinned(String),
+    /// The policy denies the image (its words).
+    Denied(String),
+    /// The tag cannot be resolved (the webhook's words).
+    Unresolved(String),
+    /// Nothing to do: exempt, already pinned, or no tag.
+    Unchanged,
 }
 
 /// A `name:tag@digest` whose tag now points at another digest.
@@ -153,9 +175,14 @@ impl Offline {
         let mut out = ObjectPins {
             object: decision.object.clone(),
             denied: match decision.mode {
-                Some(Mode::Enforce) => {
-                    decision.findings.iter().map(answer::violation).collect()
-                }
+                Some(Mode::Enforce) => decision
+                    .findings
+                    .iter()
+                    .map(|f| Problem {
+                        path: f.path.clone(),
+                        message: answer::violation(f),
+                    })
+                    .collect(),
                 _ => Vec::new(),
             },
             warnings: match decision.mode {
@@ -189,7 +216,10 @@ impl Offline {
             match r {
                 // In a manifest a tag that cannot be pinned is always reported, whatever
                 // onResolveFailure says: nothing is waiting on an admission here.
-                PinResult::Failed(e) => out.unresolved.push(answer::unresolved(t, e)),
+                PinResult::Failed(e) => out.unresolved.push(Problem {
+                    path: t.path.clone(),
+                    message: answer::unresolved(t, e),
+                }),
                 r => {
                     let digest = r.digest().unwrap_or_default();
                     let to = pinned_reference(&t.image, digest, plan.keep_tag);
@@ -249,6 +279,57 @@ impl Offline {
             }
         }
         drift
+    }
+
+    /// Pins `image`, named `name` at `path` in messages (e.g. a kustomization's `images[0]`),
+    /// under the policy of `namespace`; with `fresh`, not from the cache.
+    pub async fn pin_image(
+        &self,
+        name: &str,
+        path: &str,
+        image: &str,
+        namespace: &str,
+        fresh: bool,
+    ) -> ImageOutcome {
+        let Some(profile) = self.policy.profile_for(namespace) else {
+            return ImageOutcome::Unchanged;
+        };
+        let (accepted, rejected) = match profile.judge(image) {
+            Verdict::Accepted(r) => (Some(r), None),
+            Verdict::Rejected(reason) => (None, Some(reason)),
+            Verdict::Exempt => return ImageOutcome::Unchanged,
+        };
+        let Some(reference) = crate::pin::candidate(profile.mode, accepted, rejected.as_ref(), image)
+        else {
+            return match (rejected, profile.mode) {
+                (Some(reason), Mode::Enforce) => ImageOutcome::Denied(format!(
+                    "image {name:?} ({path}): {}",
+                    reason.describe(image)
+                )),
+                _ => ImageOutcome::Unchanged,
+            };
+        };
+        let target = Target {
+            container: name.to_owned(),
+            noun: "image",
+            path: path.to_owned(),
+            pointer: PointerBuf::new(),
+            image: image.to_owned(),
+            reference,
+            source: if fresh { Source::Refresh } else { Source::Resolve },
+        };
+        let mut plan = empty_plan(profile);
+        plan.targets.push(target);
+        let results = self.resolve(&mut plan, namespace).await;
+        match results.first() {
+            Some(PinResult::Failed(e)) => {
+                ImageOutcome::Unresolved(answer::unresolved(&plan.targets[0], e))
+            }
+            Some(r) => r
+                .digest()
+                .map_or(ImageOutcome::Unchanged, |d| ImageOutcome::Pinned(d.to_owned())),
+            None => ImageOutcome::Unchanged,
+        }
     }
 
     /// Resolves `plan`'s targets within the engine's budget.
