@@ -66,7 +66,8 @@ pub fn run(args: &KrmArgs) -> i32 {
             }
         })
         .and_then(|(list, failed)| {
-            let text = serde_yaml_ng::to_string(&list).map_err(|e| KrmError::Write(e.to_string()))?;
+            let text =
+                serde_yaml_ng::to_string(&list).map_err(|e| KrmError::Write(e.to_string()))?;
             std::io::stdout()
                 .write_all(text.as_bytes())
                 .map_err(|e| KrmError::Write(e.to_string()))?;
@@ -211,7 +212,10 @@ items:
                 .contains(r#"uses mutable tag "latest""#),
             "{r}"
         );
-        assert_eq!(list["items"][0]["spec"]["containers"][0]["image"], "nginx:latest");
+        assert_eq!(
+            list["items"][0]["spec"]["containers"][0]["image"],
+            "nginx:latest"
+        );
     }
 
     #[tokio::test]
@@ -243,15 +247,9 @@ items:
         let (list, failed) = process(input, &args()).await.unwrap();
         assert!(!failed, "{list}");
         assert!(list.get("results").is_none(), "{list}");
-        let e = process(
-            &input.replace("mode: warn", "mode: sometimes"),
-            &args(),
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("functionConfig data.policy"),
-            "{e}"
-        );
+        let e = process(&input.replace("mode: warn", "mode: sometimes"), &args())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("functionConfig data.policy"), "{e}");
     }
 }

@@ -202,7 +202,8 @@ fn walk(dir: &std::path::Path, out: &mut Vec<Result<std::path::PathBuf, WalkErro
             return;
         }
     };
-    let mut paths: Vec<std::path::PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut paths: Vec<std::path::PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for p in paths {
         if p.is_dir() {

@@ -299,7 +299,8 @@ impl Offline {
             Verdict::Rejected(reason) => (None, Some(reason)),
             Verdict::Exempt => return ImageOutcome::Unchanged,
         };
-        let Some(reference) = crate::pin::candidate(profile.mode, accepted, rejected.as_ref(), image)
+        let Some(reference) =
+            crate::pin::candidate(profile.mode, accepted, rejected.as_ref(), image)
         else {
             return match (rejected, profile.mode) {
                 (Some(reason), Mode::Enforce) => ImageOutcome::Denied(format!(
@@ -316,7 +317,11 @@ impl Offline {
             pointer: PointerBuf::new(),
             image: image.to_owned(),
             reference,
-            source: if fresh { Source::Refresh } else { Source::Resolve },
+            source: if fresh {
+                Source::Refresh
+            } else {
+                Source::Resolve
+            },
         };
         let mut plan = empty_plan(profile);
         plan.targets.push(target);
@@ -325,9 +330,9 @@ impl Offline {
             Some(PinResult::Failed(e)) => {
                 ImageOutcome::Unresolved(answer::unresolved(&plan.targets[0], e))
             }
-            Some(r) => r
-                .digest()
-                .map_or(ImageOutcome::Unchanged, |d| ImageOutcome::Pinned(d.to_owned())),
+            Some(r) => r.digest().map_or(ImageOutcome::Unchanged, |d| {
+                ImageOutcome::Pinned(d.to_owned())
+            }),
             None => ImageOutcome::Unchanged,
         }
     }

@@ -107,10 +107,12 @@ async fn pin_file(offline: &Offline, path: &Path, opts: &Options, report: &mut R
         }
     };
     report.files += 1;
-    let kustomization = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| matches!(n, "kustomization.yaml" | "kustomization.yml" | "Kustomization"));
+    let kustomization = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        matches!(
+            n,
+            "kustomization.yaml" | "kustomization.yml" | "Kustomization"
+        )
+    });
     let out = pin_text(offline, &name, &text, kustomization, opts, report).await;
     let written = match (&out, stdin, opts.check) {
         (_, true, false) => std::io::stdout()
@@ -129,9 +131,12 @@ async fn pin_file(offline: &Offline, path: &Path, opts: &Options, report: &mut R
 /// permissions, so a crash never leaves half a manifest.
 fn write_in_place(path: &Path, text: &str) -> Result<(), String> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let tmp = dir
-        .unwrap_or(Path::new("."))
-        .join(format!(".{}.pinhook-tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("manifest")));
+    let tmp = dir.unwrap_or(Path::new(".")).join(format!(
+        ".{}.pinhook-tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("manifest")
+    ));
     let result = std::fs::write(&tmp, text)
         .and_then(|()| {
             if let Ok(meta) = std::fs::metadata(path) {
@@ -192,9 +197,10 @@ pub async fn pin_text(
             }
             for p in &pins.unresolved {
                 report.unresolved += 1;
-                report
-                    .lines
-                    .push(format!("{file}: unresolved: {}: {}", pins.object, p.message));
+                report.lines.push(format!(
+                    "{file}: unresolved: {}: {}",
+                    pins.object, p.message
+                ));
             }
             for e in &pins.edits {
                 let mut pointer = m.pointer.clone();
@@ -309,7 +315,9 @@ async fn kustomize(
             }
             ImageOutcome::Unresolved(m) => {
                 report.unresolved += 1;
-                report.lines.push(format!("{file}: unresolved: {label}: {m}"));
+                report
+                    .lines
+                    .push(format!("{file}: unresolved: {label}: {m}"));
             }
             ImageOutcome::Unchanged => {}
         }

@@ -181,7 +181,10 @@ fn only_image_strings_change_and_a_second_run_changes_nothing() {
         err.contains("pinhook pin: 3 file(s) read, 6 image(s) pinned, 0 denied, 0 unresolved, 0 input error(s)"),
         "{err}"
     );
-    assert!(err.contains("deploy/ci.yml: skipped: not Kubernetes YAML"), "{err}");
+    assert!(
+        err.contains("deploy/ci.yml: skipped: not Kubernetes YAML"),
+        "{err}"
+    );
     assert_eq!(r.read("ci.yml"), NOT_KUBERNETES.replace("REG", h));
 
     let before: Vec<String> = ["deployment.yaml", "kustomization.yaml"]
@@ -190,7 +193,11 @@ fn only_image_strings_change_and_a_second_run_changes_nothing() {
         .collect();
     let out = r.pin(&["deploy"]);
     assert_exit(&out, 0);
-    assert!(stderr(&out).contains("0 image(s) pinned"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("0 image(s) pinned"),
+        "{}",
+        stderr(&out)
+    );
     let after: Vec<String> = ["deployment.yaml", "kustomization.yaml"]
         .iter()
         .map(|f| r.read(f))
@@ -225,9 +232,17 @@ fn check_changes_nothing_and_fails_until_everything_is_pinned() {
     let original = r.read("deployment.yaml");
     let out = r.pin(&["--check", "deploy/deployment.yaml"]);
     assert_exit(&out, 1);
-    assert!(stderr(&out).contains("4 image(s) would be pinned"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("4 image(s) would be pinned"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains(": would pin: "), "{}", stderr(&out));
-    assert_eq!(r.read("deployment.yaml"), original, "--check writes nothing");
+    assert_eq!(
+        r.read("deployment.yaml"),
+        original,
+        "--check writes nothing"
+    );
     assert_exit(&r.pin(&["deploy/deployment.yaml"]), 0);
     assert_exit(&r.pin(&["--check", "deploy/deployment.yaml"]), 0);
 }
@@ -270,11 +285,19 @@ fn refresh_follows_a_moved_tag_and_a_plain_run_does_not() {
         .push("shop/web", "1.0.0", &TestImage::single("web-1-rebuilt"));
     assert_ne!(moved, r.web);
     assert_exit(&r.pin(&["deploy/deployment.yaml"]), 0);
-    assert_eq!(r.read("deployment.yaml"), pinned, "sticky without --refresh");
+    assert_eq!(
+        r.read("deployment.yaml"),
+        pinned,
+        "sticky without --refresh"
+    );
     let out = r.pin(&["--refresh", "deploy/deployment.yaml"]);
     assert_exit(&out, 0);
     assert_eq!(r.read("deployment.yaml"), pinned.replace(&r.web, &moved));
-    assert!(stderr(&out).contains("2 image(s) pinned"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 image(s) pinned"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -300,7 +323,10 @@ fn stdin_is_pinned_to_stdout() {
     assert_exit(&out, 0);
     let pinned = String::from_utf8(out.stdout).unwrap();
     assert_eq!(pinned.lines().count(), text.lines().count());
-    assert!(pinned.contains(&format!("shop/side:1.0.0@{}\"", r.side)), "{pinned}");
+    assert!(
+        pinned.contains(&format!("shop/side:1.0.0@{}\"", r.side)),
+        "{pinned}"
+    );
 }
 
 #[test]
