@@ -339,11 +339,12 @@ impl Offline {
 
     /// Resolves `plan`'s targets within the engine's budget.
     async fn resolve(&self, plan: &mut PinPlan, namespace: &str) -> Vec<PinResult> {
-        if plan.needs_registry() && plan.allowed_registries.is_none() {
-            if let Some(profile) = self.policy.profile_for(namespace) {
-                plan.allowed_registries = (!profile.allowed_registries.is_empty())
-                    .then(|| profile.allowed_registries.clone());
-            }
+        if plan.needs_registry()
+            && plan.allowed_registries.is_none()
+            && let Some(profile) = self.policy.profile_for(namespace)
+        {
+            plan.allowed_registries = (!profile.allowed_registries.is_empty())
+                .then(|| profile.allowed_registries.clone());
         }
         self.pinner
             .pin(plan, namespace, Instant::now() + self.budget)
