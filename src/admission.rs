@@ -443,15 +443,15 @@ fn pinning_wanted(profile: &Profile, view: &View<'_>, endpoint: Endpoint) -> Res
     Ok(())
 }
 
+/// Requests and objects for the unit tests of the answer path (admission, answer, server).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::core::admission::AdmissionReview;
-    use serde_json::json;
+pub(crate) mod fixtures {
+    use kube::core::DynamicObject;
+    use kube::core::admission::{AdmissionRequest, AdmissionReview};
+    use serde_json::{Value, json};
 
-    const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-    fn request(
+    /// An AdmissionRequest (uid `u-1`, user alice, namespace `shop`) of `op` on `object`.
+    pub(crate) fn request(
         kind: (&str, &str),
         op: &str,
         object: Value,
@@ -470,13 +470,23 @@ mod tests {
         review.try_into().unwrap()
     }
 
-    fn pod(images: &[(&str, &str)]) -> Value {
+    /// A Pod `web-*` in `shop` with one container per `(name, image)`.
+    pub(crate) fn pod(images: &[(&str, &str)]) -> Value {
         let cs: Vec<Value> = images
             .iter()
             .map(|(n, i)| json!({"name": n, "image": i}))
             .collect();
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-", "namespace": "shop"}, "spec": {"containers": cs}})
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{pod, request};
+    use super::*;
+    use serde_json::json;
+
+    const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
     #[test]
     fn denies_every_offending_container_judging_each_once() {

@@ -400,41 +400,22 @@ fn hint(e: &ResolveError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::fixtures::{pod, request};
     use crate::admission::{Endpoint, ObjectRef, review};
     use crate::pin::{NoPin, Source};
     use crate::policy::{Policy, Reason};
     use crate::reference::ImageRef;
     use crate::workload::PullCredentials;
-    use kube::core::DynamicObject;
-    use kube::core::admission::{AdmissionRequest, AdmissionReview};
     use serde_json::json;
 
     const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
-    fn request(object: Value) -> AdmissionRequest<DynamicObject> {
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {
-                "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "alice"},
-                "object": object
-            }
-        }))
-        .unwrap();
-        review.try_into().unwrap()
-    }
-
-    fn pod(images: &[(&str, &str)]) -> Value {
-        let cs: Vec<Value> = images
-            .iter()
-            .map(|(n, i)| json!({"name": n, "image": i}))
-            .collect();
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-", "namespace": "shop"}, "spec": {"containers": cs}})
-    }
-
     fn decided(policy: &Policy, images: &[(&str, &str)]) -> Decision {
-        review(policy, &request(pod(images)), Endpoint::Validate)
+        review(
+            policy,
+            &request(("", "Pod"), "CREATE", pod(images), Value::Null),
+            Endpoint::Validate,
+        )
     }
 
     #[test]

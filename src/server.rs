@@ -893,18 +893,13 @@ mod tests {
     }
 
     fn pod_request(image: &str) -> AdmissionRequest<DynamicObject> {
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(serde_json::json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {
-                "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "alice"},
-                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-                           "spec": {"containers": [{"name": "web", "image": image}]}}
-            }
-        }))
-        .unwrap();
-        review.try_into().unwrap()
+        use crate::admission::fixtures::{pod, request};
+        request(
+            ("", "Pod"),
+            "CREATE",
+            pod(&[("web", image)]),
+            serde_json::Value::Null,
+        )
     }
 
     #[test]
