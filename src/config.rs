@@ -47,6 +47,8 @@ pub enum Command {
     Resolve(ResolveCmdArgs),
     /// Generate a throw-away CA and serving certificate (for demos and tests).
     Cert(CertArgs),
+    /// Report pinned `name:tag@digest` references whose tag now points elsewhere.
+    Drift(DriftArgs),
     /// Pin the images of manifest files in place, as /mutate would.
     Pin(PinArgs),
     /// A KRM function: pin the images of a ResourceList (stdin to stdout).
@@ -289,6 +291,40 @@ pub struct KrmArgs {
     /// Registry settings.
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// Flags of `pinhook drift`.
+#[derive(Debug, Clone, Args)]
+pub struct DriftArgs {
+    /// Read the live Deployments, StatefulSets, DaemonSets, CronJobs, Jobs and Pods through
+    /// the Kubernetes API (KUBECONFIG, else in-cluster) instead of files.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Policy file (YAML): its `registries`, exemptions and tag rules apply.
+    #[arg(long, env = "PINHOOK_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Files: the namespace of objects that name none (default `default`). `--cluster`: read
+    /// only this namespace (default: all).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Report format on standard output.
+    #[arg(long, value_enum, default_value_t = DriftOutput::Text)]
+    pub output: DriftOutput,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Manifest files and directories (walked for *.yaml, *.yml, *.json); `-` reads stdin.
+    #[arg(required_unless_present = "cluster", conflicts_with = "cluster")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// How `pinhook drift` writes its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriftOutput {
+    /// One line per moved or unchecked reference.
+    Text,
+    /// One JSON document: `checked`, `current`, `moved`, `unchecked`, `errors`.
+    Json,
 }
 
 /// Flags of `pinhook cert`.

@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod certs;
 pub mod check;
 pub mod config;
+pub mod drift;
 pub mod duration;
 pub mod krm;
 pub mod manifest;

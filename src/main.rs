@@ -28,6 +28,10 @@ fn main() -> ExitCode {
         Command::Check(args) => return check(&args),
         Command::Resolve(args) => return resolve(&args),
         Command::Cert(args) => cert(&args),
+        Command::Drift(args) => {
+            let report = pinhook::drift::run(&args);
+            return ExitCode::from(pinhook::drift::print(&args, &report) as u8);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
