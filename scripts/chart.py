@@ -12,7 +12,8 @@ object, each preceded by `# Source: pinhook/templates/FILE`, in Helm's install o
     chart.py check                                 render every mode, validate, lint (CI)
 
 `check` renders the three certificate modes (bootstrap, certManager, secret) into
-target/chart/MODE.yaml, validates every built-in object against the Kubernetes OpenAPI schema
+target/chart/MODE.yaml, and the optional parts that are off by default (OPTIONAL: drift) into
+target/chart/NAME.yaml, validates every built-in object against the Kubernetes OpenAPI schema
 of each minor version the chart supports (PyPI `kubernetes-validate`, strict: unknown fields
 are errors), checks the cert-manager objects' shape, lints the chart with Helm's linter, makes
 sure values.schema.json refuses bad values, and loads the rendered policy with the pinhook
@@ -58,6 +59,11 @@ INSTALL_ORDER = [
     "HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob", "IngressClass", "Ingress",
     "APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
 ]
+
+# Optional parts, off by default, that `check` also renders on: name -> values.
+OPTIONAL = {
+    "drift": {"drift": {"rbac": {"enabled": True}}},
+}
 
 # The Kubernetes minor versions the chart supports (Chart.yaml kubeVersion) that
 # kubernetes-validate has schemas for.
@@ -251,6 +257,13 @@ def check() -> None:
         total += n
         kinds = sorted({o["kind"] for o in objs})
         print(f"{mode}: {len(objs)} objects ({', '.join(kinds)}), {n} schema validations passed")
+    # Parts off by default, rendered on (with the default certificate mode) and validated too.
+    for name, values in OPTIONAL.items():
+        stream = render(values)
+        (OUT / f"{name}.yaml").write_text(stream)
+        objs = objects(stream)
+        total += validate_objects(name, objs)
+        print(f"{name}: {len(objs)} objects, validated")
     rendered = time.monotonic() - started
 
     # manifests/ must be exactly the default render (the Makefile then runs git diff on it).
@@ -278,6 +291,8 @@ def check() -> None:
     expect_schema_refuses({"webhook": {"mutate": False, "validate": False}}, "no webhook at all")
     expect_schema_refuses({"backstop": {"validationActions": ["Reject"]}}, "an unknown backstop action")
     expect_schema_refuses({"webhook": {"url": "http://127.0.0.1:8443"}}, "a webhook URL that is not https")
+    expect_schema_refuses({"drift": {"rbac": {"enabled": "yes"}}}, "drift.rbac.enabled that is not a boolean")
+    expect_schema_refuses({"drift": {"rbca": {"enabled": True}}}, "a misspelt drift key")
 
     h = helm()
     for mode, files in MODES.items():
@@ -285,6 +300,11 @@ def check() -> None:
         bad = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]
         if bad:
             fail(f"helm lint ({mode}): {bad}")
+    for name, values in OPTIONAL.items():
+        report = h.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
+        bad = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]
+        if bad:
+            fail(f"helm lint ({name}): {bad}")
 
     # The rendered policy must load in the binary that will read it.
     binary = Path(os.environ.get("PINHOOK_BIN", ROOT / "target" / "debug" / "pinhook"))
@@ -298,7 +318,7 @@ def check() -> None:
         print(f"rendered policy loads in {binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary}")
     else:
         fail(f"{binary} not built: run `cargo build` first")
-    print(f"chart check passed: 3 modes rendered and {total} object validations in {rendered:.1f}s; lint, schema and policy checks in {time.monotonic() - started - rendered:.1f}s")
+    print(f"chart check passed: 3 modes and {len(OPTIONAL)} optional part(s) rendered, and {total} object validations in {rendered:.1f}s; lint, schema and policy checks in {time.monotonic() - started - rendered:.1f}s")
 
 
 def main() -> None:

@@ -702,3 +702,67 @@ fn policy_values_become_the_policy_file() {
         "enforce"
     );
 }
+
+#[test]
+fn drift_rbac_is_off_by_default_and_read_only() {
+    for mode in MODES {
+        let docs = render(mode);
+        assert!(
+            docs.iter().all(|d| !d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("-drift")),
+            "{mode}: drift RBAC rendered without drift.rbac.enabled"
+        );
+    }
+    let docs = render_with(
+        "bootstrap",
+        "pinhook",
+        "pinhook",
+        Some("drift:\n  rbac:\n    enabled: true\n"),
+    );
+    let named = |kind: &str| -> &Value {
+        let found: Vec<&Value> = all(&docs, kind)
+            .into_iter()
+            .filter(|d| d["metadata"]["name"] == "pinhook-drift")
+            .collect();
+        assert_eq!(found.len(), 1, "expected one {kind} pinhook-drift");
+        found[0]
+    };
+    assert_eq!(named("ServiceAccount")["metadata"]["namespace"], "pinhook");
+    // Exactly get and list on exactly the kinds `pinhook drift --cluster` lists: no Secrets, no
+    // watch, no writes, no wildcard.
+    let mut granted: Vec<(String, String)> = Vec::new();
+    for rule in named("ClusterRole")["rules"].as_array().unwrap() {
+        assert_eq!(strings(&rule["verbs"]), ["get", "list"], "{rule}");
+        assert!(rule.get("resourceNames").is_none(), "{rule}");
+        assert!(rule.get("nonResourceURLs").is_none(), "{rule}");
+        for group in strings(&rule["apiGroups"]) {
+            for r in strings(&rule["resources"]) {
+                granted.push((group.clone(), r));
+            }
+        }
+    }
+    let mut listed: Vec<(String, String)> = pinhook::drift::cluster_kinds()
+        .iter()
+        .map(|r| (r.group.clone(), r.plural.clone()))
+        .collect();
+    granted.sort();
+    listed.sort();
+    assert_eq!(granted, listed);
+    let binding = named("ClusterRoleBinding");
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "pinhook-drift"})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "pinhook-drift", "namespace": "pinhook"}])
+    );
+    // The webhook's own account gets nothing from it, and nothing else changes.
+    let without: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["metadata"]["name"] != "pinhook-drift")
+        .collect();
+    assert_eq!(without, render("bootstrap").iter().collect::<Vec<_>>());
+}
