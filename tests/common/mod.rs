@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod drift;
 pub mod kube;
 pub mod registry;
 pub mod router;
