@@ -141,18 +141,20 @@ pub fn append(doc: &Document, text: &str, pointer: &str, key: &str, value: &str)
             text: format!(", {key}: {value}"),
         });
     }
-    // After the line of the last value, so a comment at its end stays on that line.
+    // After the line of the last value, so a comment at its end stays on that line; with the
+    // file's own line ending.
+    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
     let line = format!("{}{key}: {value}", " ".repeat(m.indent));
     Some(match text[m.last_end..].find('\n') {
         Some(i) => Splice {
             start: m.last_end + i + 1,
             end: m.last_end + i + 1,
-            text: format!("{line}\n"),
+            text: format!("{line}{eol}"),
         },
         None => Splice {
             start: text.len(),
             end: text.len(),
-            text: format!("\n{line}"),
+            text: format!("{eol}{line}"),
         },
     })
 }
@@ -666,6 +668,20 @@ mod tests {
         );
         let again = parse(&out).unwrap();
         assert_eq!(again[0].value["images"][2]["digest"], "sha256:cc");
+    }
+
+    #[test]
+    fn crlf_files_keep_their_line_endings() {
+        let text = "images:\r\n- name: a # c\r\n  newTag: v1\r\nkind: Kustomization\r\n";
+        let docs = parse(text).unwrap();
+        let out = apply(
+            text,
+            vec![append(&docs[0], text, "/images/0", "digest", "sha256:aa").unwrap()],
+        );
+        assert_eq!(
+            out,
+            "images:\r\n- name: a # c\r\n  newTag: v1\r\n  digest: sha256:aa\r\nkind: Kustomization\r\n"
+        );
     }
 
     #[test]

@@ -75,21 +75,48 @@ impl Report {
 /// Pins every file of `paths` (`-`: stdin to stdout).
 pub async fn pin_paths(offline: &Offline, paths: &[PathBuf], opts: &Options) -> Report {
     let mut report = Report::default();
-    for path in manifest::files(paths) {
-        let path = match path {
-            Ok(p) => p,
-            Err(e) => {
-                report.errors += 1;
-                report.lines.push(e.to_string());
+    for given in paths {
+        // Files found by walking a directory may be anything; files named are meant.
+        let walked = given.is_dir();
+        for path in manifest::files(std::slice::from_ref(given)) {
+            let path = match path {
+                Ok(p) => p,
+                Err(e) => {
+                    report.errors += 1;
+                    report.lines.push(e.to_string());
+                    continue;
+                }
+            };
+            if walked && is_helm_template(&path) {
+                report.lines.push(format!(
+                    "{}: skipped: a Helm template (pin the rendered output: helm template … | pinhook pin -)",
+                    path.display()
+                ));
                 continue;
             }
-        };
-        pin_file(offline, &path, opts, &mut report).await;
+            pin_file(offline, &path, walked, opts, &mut report).await;
+        }
     }
     report
 }
 
-async fn pin_file(offline: &Offline, path: &Path, opts: &Options, report: &mut Report) {
+/// A file under `templates/` of a directory holding a `Chart.yaml`.
+fn is_helm_template(path: &Path) -> bool {
+    path.ancestors().skip(1).any(|dir| {
+        dir.file_name().is_some_and(|n| n == "templates")
+            && dir
+                .parent()
+                .is_some_and(|chart| chart.join("Chart.yaml").is_file())
+    })
+}
+
+async fn pin_file(
+    offline: &Offline,
+    path: &Path,
+    walked: bool,
+    opts: &Options,
+    report: &mut Report,
+) {
     let stdin = path == Path::new("-");
     let name = path.display().to_string();
     let read = if stdin {
@@ -113,7 +140,7 @@ async fn pin_file(offline: &Offline, path: &Path, opts: &Options, report: &mut R
             "kustomization.yaml" | "kustomization.yml" | "Kustomization"
         )
     });
-    let out = pin_text(offline, &name, &text, kustomization, opts, report).await;
+    let out = pin_text(offline, &name, &text, kustomization, walked, opts, report).await;
     let written = match (&out, stdin, opts.check) {
         (_, true, false) => std::io::stdout()
             .write_all(out.as_deref().unwrap_or(&text).as_bytes())
@@ -152,16 +179,25 @@ fn write_in_place(path: &Path, text: &str) -> Result<(), String> {
 }
 
 /// Pins the manifests in `text` (named `file` in messages); the new text when it changed.
+/// A file found by walking a directory (`walked`) that is not YAML is skipped with a note; a
+/// file named on the command line that is not YAML is an input error.
 pub async fn pin_text(
     offline: &Offline,
     file: &str,
     text: &str,
     kustomization_file: bool,
+    walked: bool,
     opts: &Options,
     report: &mut Report,
 ) -> Option<String> {
     let docs = match manifest::parse(text) {
         Ok(d) => d,
+        Err(e) if walked => {
+            report
+                .lines
+                .push(format!("{file}: skipped: not YAML ({e})"));
+            return None;
+        }
         Err(e) => {
             report.errors += 1;
             report.lines.push(format!("{file}: {e}"));

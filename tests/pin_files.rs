@@ -342,3 +342,37 @@ fn unreadable_input_exits_two_and_leaves_the_file_alone() {
     assert_eq!(r.read("broken.yaml"), broken);
     assert!(!Path::new(&r.path(".broken.yaml.pinhook-tmp")).exists());
 }
+
+#[test]
+fn a_walked_directory_skips_helm_templates_and_files_that_are_not_yaml() {
+    let r = repo();
+    let chart = r.dir.path().join("deploy/chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: shop\nversion: 1.0.0\n",
+    )
+    .unwrap();
+    let template = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {{ .Release.Name }}\nspec:\n  containers:\n  - name: web\n    image: \"{{ .Values.image }}\"\n";
+    std::fs::write(chart.join("templates/pod.yaml"), template).unwrap();
+    let not_yaml = "{{- define \"x\" -}}\n: : :\n";
+    std::fs::write(r.path("notes.yaml"), not_yaml).unwrap();
+    let out = r.pin(&["deploy"]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("deploy/chart/templates/pod.yaml: skipped: a Helm template"),
+        "{err}"
+    );
+    assert!(
+        err.contains("deploy/notes.yaml: skipped: not YAML ("),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(chart.join("templates/pod.yaml")).unwrap(),
+        template
+    );
+    assert_eq!(r.read("notes.yaml"), not_yaml);
+    // Named on the command line, the same file is an input error.
+    assert_exit(&r.pin(&["deploy/notes.yaml"]), 2);
+}
