@@ -170,7 +170,8 @@ pub fn apply(text: &str, mut splices: Vec<Splice>) -> String {
 }
 
 /// The manifest files named by `paths`: files as given (`-` for stdin), directories walked
-/// (sorted, recursively) for `*.yaml`, `*.yml` and `*.json`.
+/// (sorted, recursively, without hidden entries or symbolic links to directories) for
+/// `*.yaml`, `*.yml` and `*.json`.
 pub fn files(paths: &[std::path::PathBuf]) -> Vec<Result<std::path::PathBuf, WalkError>> {
     let mut out = Vec::new();
     for path in paths {
@@ -204,16 +205,28 @@ fn walk(dir: &std::path::Path, out: &mut Vec<Result<std::path::PathBuf, WalkErro
             return;
         }
     };
-    let mut paths: Vec<std::path::PathBuf> =
-        entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for p in paths {
-        if p.is_dir() {
+    let mut entries: Vec<(std::path::PathBuf, std::fs::FileType)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_type().ok().map(|t| (e.path(), t)))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, kind) in entries {
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        // Hidden entries (.git, .github, editor files) are not manifests of the tree, and a
+        // symbolic link to a directory is not followed (it may loop).
+        if hidden {
+            continue;
+        }
+        if kind.is_dir() {
             walk(&p, out);
         } else if p
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            && !(kind.is_symlink() && p.is_dir())
         {
             out.push(Ok(p));
         }
@@ -668,6 +681,23 @@ mod tests {
         );
         let again = parse(&out).unwrap();
         assert_eq!(again[0].value["images"][2]["digest"], "sha256:cc");
+    }
+
+    #[test]
+    fn a_walk_skips_hidden_entries_and_never_follows_a_directory_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("apps/.git")).unwrap();
+        std::fs::write(d.join("apps/b.yaml"), "").unwrap();
+        std::fs::write(d.join("apps/a.json"), "").unwrap();
+        std::fs::write(d.join("apps/.git/c.yaml"), "").unwrap();
+        std::fs::write(d.join("apps/README.md"), "").unwrap();
+        std::os::unix::fs::symlink(d, d.join("apps/loop")).unwrap();
+        let found: Vec<std::path::PathBuf> = files(&[d.to_owned()])
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(found, [d.join("apps/a.json"), d.join("apps/b.yaml")]);
     }
 
     #[test]
