@@ -1,7 +1,6 @@
 //! `pinhook check`: the admission policy applied offline to manifest files, for CI pipelines.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -103,7 +102,7 @@ pub fn check_files(policy: &Policy, files: &[PathBuf], default_namespace: &str) 
     let mut report = Report::default();
     for path in files {
         let name = path.display().to_string();
-        let text = match read(path) {
+        let text = match crate::manifest::read(path) {
             Ok(t) => t,
             Err(source) => {
                 report.errors.push(InputError::Read { file: name, source });
@@ -113,16 +112,6 @@ pub fn check_files(policy: &Policy, files: &[PathBuf], default_namespace: &str) 
         check_text(policy, &name, &text, default_namespace, &mut report);
     }
     report
-}
-
-fn read(path: &Path) -> std::io::Result<String> {
-    if path == Path::new("-") {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        Ok(s)
-    } else {
-        std::fs::read_to_string(path)
-    }
 }
 
 /// Decides every object in `text` (YAML or JSON, possibly several documents).

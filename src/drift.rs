@@ -6,8 +6,7 @@
 //! each `name:tag` again with the webhook's resolver, policy and `--registry-config`.
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -318,22 +317,12 @@ pub fn read_paths(paths: &[PathBuf], report: &mut Report) -> Vec<Found> {
             }
         };
         let name = path.display().to_string();
-        match read(&path) {
+        match crate::manifest::read(&path) {
             Ok(text) => found.extend(parse(&name, &text, report)),
             Err(source) => report.errors.push(DriftError::Read { file: name, source }),
         }
     }
     found
-}
-
-fn read(path: &Path) -> std::io::Result<String> {
-    if path == Path::new("-") {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        Ok(s)
-    } else {
-        std::fs::read_to_string(path)
-    }
 }
 
 /// The documents of `text` (YAML, merge keys applied, or JSON). A document that is valid YAML

@@ -184,6 +184,17 @@ pub fn files(paths: &[std::path::PathBuf]) -> Vec<Result<std::path::PathBuf, Wal
     out
 }
 
+/// The text of a manifest file, or of standard input for `-`.
+pub fn read(path: &std::path::Path) -> std::io::Result<String> {
+    if path == std::path::Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path)
+    }
+}
+
 /// A directory that cannot be listed.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: cannot list: {source}", dir.display())]

@@ -2,7 +2,7 @@
 //! policy, resolver and words. Only image strings change (and a kustomization entry gains a
 //! `digest:`); every other byte of a file stays as it was.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::admission::View;
@@ -119,13 +119,7 @@ async fn pin_file(
 ) {
     let stdin = path == Path::new("-");
     let name = path.display().to_string();
-    let read = if stdin {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map(|_| s)
-    } else {
-        std::fs::read_to_string(path)
-    };
-    let text = match read {
+    let text = match manifest::read(path) {
         Ok(t) => t,
         Err(e) => {
             report.errors += 1;
