@@ -12,9 +12,11 @@ use kube::core::admission::{AdmissionRequest, Operation};
 use kube::core::{DynamicObject, ObjectMeta};
 use serde_json::Value;
 
+use crate::answer::TEXT_MAX_CHARS;
 use crate::patterns::Patterns;
 use crate::pin::{self, NoPin, Source, Target};
 use crate::policy::{Mode, OnResolveFailure, Policy, Profile, Reason, Verdict};
+use crate::text::shown;
 use crate::workload::{
     self, Before, ContainerImage, ImageField, Manifest, PullCredentials, WorkloadKind,
 };
@@ -55,17 +57,20 @@ pub struct ObjectRef {
     pub generate_name: String,
 }
 
+/// Every part is request-supplied: shown clipped to [`TEXT_MAX_CHARS`] with control characters
+/// escaped, so the name of an object cannot add a line to a denial or a log.
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |s: &str| shown(s, TEXT_MAX_CHARS).into_owned();
         let name = if self.name.is_empty() && !self.generate_name.is_empty() {
-            format!("{}*", self.generate_name)
+            format!("{}*", show(&self.generate_name))
         } else {
-            self.name.clone()
+            show(&self.name)
         };
         if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind, name)
+            write!(f, "{} {}", show(&self.kind), name)
         } else {
-            write!(f, "{} {}/{}", self.kind, self.namespace, name)
+            write!(f, "{} {}/{}", show(&self.kind), show(&self.namespace), name)
         }
     }
 }

@@ -16,10 +16,32 @@ use crate::metrics::{AnswerLabels, ViolationLabels};
 use crate::pin::{PinResult, Target, pinned_reference};
 use crate::policy::{Mode, OnResolveFailure};
 use crate::resolve::ResolveError;
+use crate::text::{clip, shown};
 use crate::workload;
 
 /// Warnings longer than this are truncated by kubectl.
 pub const WARNING_MAX_CHARS: usize = 119;
+
+/// Most warnings in one answer; past it, one more warning says how many were left out. The
+/// API server passes at most 4 KiB of warnings on (and cuts each at 256 characters): eleven
+/// warnings of [`WARNING_MAX_CHARS`] fit.
+pub const WARNINGS_MAX: usize = 10;
+
+/// Most offending containers (or images) listed in a denial message and in each audit
+/// annotation; the rest are counted in a last `and N more`.
+pub const LISTED_MAX: usize = 20;
+
+/// Most containers (or images) listed in one audit line; its `omitted` field counts the rest.
+pub const AUDIT_ITEMS_MAX: usize = 50;
+
+/// Longest request-supplied string (an image, a container or object name) quoted in a
+/// message, warning, annotation or audit line, in characters; a longer one loses its middle to
+/// `…`. A valid image reference or Kubernetes name is shorter.
+pub const TEXT_MAX_CHARS: usize = 1024;
+
+/// Longest line of a message, entry of an annotation or error in an audit line, in
+/// characters (a registry's error text included).
+pub const LINE_MAX_CHARS: usize = 4096;
 
 /// Everything pinhook answers to one request.
 #[derive(Debug, Clone)]
@@ -78,7 +100,13 @@ impl<'d> Answer<'d> {
                 .insert("mode".to_owned(), mode.to_owned());
             answer.records.push(Entry::Violations {
                 event: outcome.as_str(),
-                violations: decision.findings.iter().map(Violation::of).collect(),
+                violations: decision
+                    .findings
+                    .iter()
+                    .take(AUDIT_ITEMS_MAX)
+                    .map(Violation::of)
+                    .collect(),
+                omitted: decision.findings.len().saturating_sub(AUDIT_ITEMS_MAX),
             });
             answer.labels.violations = decision
                 .findings
@@ -89,20 +117,36 @@ impl<'d> Answer<'d> {
                 })
                 .collect();
         }
-        match outcome {
-            Outcome::Denied => {
-                answer.deny(denial_message(decision));
-                return answer;
-            }
-            Outcome::Warned => {
-                answer.warnings = decision.findings.iter().map(finding_warning).collect();
-            }
-            _ => {}
+        if outcome == Outcome::Denied {
+            answer.deny(denial_message(decision));
+            return answer;
+        }
+        let mut warned = 0;
+        if outcome == Outcome::Warned {
+            warned = decision.findings.len();
+            answer.warnings = decision
+                .findings
+                .iter()
+                .take(WARNINGS_MAX + 1)
+                .map(finding_warning)
+                .collect();
         }
         if let Ok(plan) = &decision.pin {
-            answer.pinned(decision, plan, results);
+            warned += answer.pinned(decision, plan, results);
         }
+        answer.cap_warnings(warned);
         answer
+    }
+
+    /// Keeps the first [`WARNINGS_MAX`] of `all` warnings and says how many more there were.
+    fn cap_warnings(&mut self, all: usize) {
+        if all > WARNINGS_MAX {
+            self.warnings.truncate(WARNINGS_MAX);
+            self.warnings.push(fit(format!(
+                "pinhook: and {} more warnings (see the audit annotations)",
+                all - WARNINGS_MAX
+            )));
+        }
     }
 
     /// Denies with `message` (code 403, reason `Forbidden`).
@@ -113,14 +157,20 @@ impl<'d> Answer<'d> {
     }
 
     /// Adds what pinning did: the patch, warnings, annotations and records, or the denial when
-    /// a tag cannot be pinned.
-    fn pinned(&mut self, decision: &Decision, plan: &'d PinPlan, results: &'d [PinResult]) {
+    /// a tag cannot be pinned; returns how many warnings it had to give (at most
+    /// [`WARNINGS_MAX`] + 1 of each kind are written).
+    fn pinned(
+        &mut self,
+        decision: &Decision,
+        plan: &'d PinPlan,
+        results: &'d [PinResult],
+    ) -> usize {
         let pins: Vec<(&'d Target, &'d PinResult)> = plan.targets.iter().zip(results).collect();
         self.labels.pins = pins.iter().map(|(_, r)| r.label()).collect();
-        let denials: Vec<String> = pins
+        let denials: Vec<(&'d Target, &'d ResolveError)> = pins
             .iter()
-            .filter_map(|(t, r)| match r {
-                PinResult::Failed(e) if denies(e, plan.on_failure) => Some(unresolved(t, e)),
+            .filter_map(|&(t, r)| match r {
+                PinResult::Failed(e) if denies(e, plan.on_failure) => Some((t, e)),
                 _ => None,
             })
             .collect();
@@ -131,24 +181,40 @@ impl<'d> Answer<'d> {
                 decision.object,
                 if n == 1 { "" } else { "s" }
             );
-            for d in &denials {
+            let lines: Vec<String> = denials
+                .iter()
+                .take(LISTED_MAX)
+                .map(|(t, e)| unresolved(t, e))
+                .collect();
+            for d in &lines {
                 msg.push_str("\n- ");
                 msg.push_str(d);
             }
-            self.audit_annotations
-                .insert("unresolved-images".to_owned(), denials.join("; "));
+            if n > LISTED_MAX {
+                msg.push_str(&format!("\n- and {} more", n - LISTED_MAX));
+            }
+            self.audit_annotations.insert(
+                "unresolved-images".to_owned(),
+                listed(lines.into_iter(), n, "; "),
+            );
+            let failed: Vec<(&'d Target, &'d PinResult, &'d ResolveError)> = pins
+                .iter()
+                .filter_map(|&(t, r)| match r {
+                    PinResult::Failed(e) => Some((t, r, e)),
+                    _ => None,
+                })
+                .collect();
             self.records.push(Entry::Images {
                 event: "denied",
-                images: pins
+                images: failed
                     .iter()
-                    .filter_map(|(t, r)| match r {
-                        PinResult::Failed(e) => Some(PinnedImage::failed(t, r.label(), e)),
-                        _ => None,
-                    })
+                    .take(AUDIT_ITEMS_MAX)
+                    .map(|(t, r, e)| PinnedImage::failed(t, r.label(), e))
                     .collect(),
+                omitted: failed.len().saturating_sub(AUDIT_ITEMS_MAX),
             });
             self.deny(msg);
-            return;
+            return 0;
         }
         let rewritten: Vec<(&'d Target, &'d PinResult, String)> = pins
             .iter()
@@ -166,55 +232,94 @@ impl<'d> Answer<'d> {
             .collect();
         if !rewritten.is_empty() {
             self.patch = Some(patch(&rewritten));
-            self.warnings
-                .extend(rewritten.iter().map(|(t, r, _)| pin_warning(t, r)));
-            self.audit_annotations.insert(
-                "pinned-images".to_owned(),
+            self.warnings.extend(
                 rewritten
                     .iter()
-                    .map(|(t, _, p)| format!("{}: {} → {p}", site_label(t), t.image))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                    .take(WARNINGS_MAX + 1)
+                    .map(|(t, r, _)| pin_warning(t, r)),
+            );
+            self.audit_annotations.insert(
+                "pinned-images".to_owned(),
+                listed(
+                    rewritten.iter().take(LISTED_MAX).map(|(t, _, p)| {
+                        format!(
+                            "{}: {} → {p}",
+                            site_label(t),
+                            shown(&t.image, TEXT_MAX_CHARS)
+                        )
+                    }),
+                    rewritten.len(),
+                    ", ",
+                ),
             );
         }
         if !unpinned.is_empty() {
-            self.warnings.extend(unpinned.iter().map(|(t, e)| {
-                fit(format!(
-                    "pinhook: {} {:?}: {} left unpinned: {}",
-                    t.noun,
-                    t.container,
-                    t.image,
-                    e.metric_label()
-                ))
-            }));
+            self.warnings
+                .extend(unpinned.iter().take(WARNINGS_MAX + 1).map(|(t, e)| {
+                    fit(format!(
+                        "pinhook: {} {:?}: {} left unpinned: {}",
+                        t.noun,
+                        clip(&t.container, TEXT_MAX_CHARS),
+                        shown(&t.image, TEXT_MAX_CHARS),
+                        e.metric_label()
+                    ))
+                }));
             self.audit_annotations.insert(
                 "unpinned-images".to_owned(),
-                unpinned
-                    .iter()
-                    .map(|(t, e)| format!("{}: {} ({e})", site_label(t), t.image))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                listed(
+                    unpinned.iter().take(LISTED_MAX).map(|(t, e)| {
+                        format!(
+                            "{}: {} ({e})",
+                            site_label(t),
+                            shown(&t.image, TEXT_MAX_CHARS)
+                        )
+                    }),
+                    unpinned.len(),
+                    ", ",
+                ),
             );
         }
+        let warned = rewritten.len() + unpinned.len();
         if !rewritten.is_empty() {
+            let omitted = rewritten.len().saturating_sub(AUDIT_ITEMS_MAX);
             self.records.push(Entry::Images {
                 event: "pinned",
                 images: rewritten
                     .into_iter()
+                    .take(AUDIT_ITEMS_MAX)
                     .map(|(t, r, p)| PinnedImage::pinned(t, r, p))
                     .collect(),
+                omitted,
             });
         }
         if !unpinned.is_empty() {
+            let omitted = unpinned.len().saturating_sub(AUDIT_ITEMS_MAX);
             self.records.push(Entry::Images {
                 event: "unpinned",
                 images: unpinned
                     .into_iter()
+                    .take(AUDIT_ITEMS_MAX)
                     .map(|(t, e)| PinnedImage::failed(t, "unpinned", e))
                     .collect(),
+                omitted,
             });
         }
+        warned
     }
+}
+
+/// The first [`LISTED_MAX`] of `total` entries of an annotation, each at most
+/// [`LINE_MAX_CHARS`] and escaped, joined by `sep`, then `and N more` for the rest.
+fn listed(first: impl Iterator<Item = String>, total: usize, sep: &str) -> String {
+    let mut out = first
+        .take(LISTED_MAX)
+        .map(|e| shown(&e, LINE_MAX_CHARS).into_owned())
+        .collect::<Vec<_>>()
+        .join(sep);
+    if total > LISTED_MAX {
+        out.push_str(&format!("{sep}and {} more", total - LISTED_MAX));
+    }
+    out
 }
 
 /// Whether a resolution failure denies the request: a missing tag always, others when
@@ -223,18 +328,20 @@ fn denies(e: &ResolveError, on_failure: OnResolveFailure) -> bool {
     matches!(e, ResolveError::NotFound { .. }) || on_failure == OnResolveFailure::Deny
 }
 
-/// The full sentence for a finding: which container, which image, what rule, how to fix it.
+/// The full sentence for a finding: which container, which image, what rule, how to fix it
+/// (names and image clipped to [`TEXT_MAX_CHARS`], quoted with escapes).
 pub fn violation(f: &Finding) -> String {
     format!(
         "{} {:?} ({}): {}",
         f.noun,
-        f.container,
+        clip(&f.container, TEXT_MAX_CHARS),
         f.path,
-        f.reason.describe(&f.image)
+        f.reason.describe(&clip(&f.image, TEXT_MAX_CHARS))
     )
 }
 
-/// The denial text: the object, then every finding on its own line.
+/// The denial text: the object, then each finding on its own line, at most [`LISTED_MAX`] of
+/// them and `and N more`.
 pub fn denial_message(decision: &Decision) -> String {
     let n = decision.findings.len();
     let mut msg = format!(
@@ -243,42 +350,46 @@ pub fn denial_message(decision: &Decision) -> String {
         if n == 1 { "" } else { "s" },
         if n == 1 { "s" } else { "" },
     );
-    for f in &decision.findings {
+    for f in decision.findings.iter().take(LISTED_MAX) {
         msg.push_str("\n- ");
         msg.push_str(&violation(f));
+    }
+    if n > LISTED_MAX {
+        msg.push_str(&format!("\n- and {} more", n - LISTED_MAX));
     }
     msg
 }
 
-/// `container=image (rule)` pairs for the audit annotation.
+/// `container=image (rule)` pairs for the audit annotation, at most [`LISTED_MAX`].
 fn images_annotation(findings: &[Finding]) -> String {
-    findings
-        .iter()
-        .map(|f| {
+    listed(
+        findings.iter().take(LISTED_MAX).map(|f| {
             format!(
                 "{}={} ({})",
-                workload::label(f.noun, &f.container),
-                f.image,
+                workload::label(f.noun, &clip(&f.container, TEXT_MAX_CHARS)),
+                clip(&f.image, TEXT_MAX_CHARS),
                 f.reason.code()
             )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+        }),
+        findings.len(),
+        ", ",
+    )
 }
 
-/// How annotations name a target's site.
+/// How annotations name a target's site (the name clipped to [`TEXT_MAX_CHARS`]).
 fn site_label(t: &Target) -> String {
-    workload::label(t.noun, &t.container)
+    workload::label(t.noun, &clip(&t.container, TEXT_MAX_CHARS))
 }
 
 /// The warning for a finding: the image is shortened in the middle if need be, so the rule
 /// broken stays readable.
 pub fn finding_warning(f: &Finding) -> String {
+    let container = clip(&f.container, WARNING_MAX_CHARS);
     let make = |image: &str| {
         format!(
             "pinhook: {} {:?}: image {:?} {}",
             f.noun,
-            f.container,
+            container,
             image,
             f.reason.brief()
         )
@@ -336,16 +447,18 @@ fn fit(s: String) -> String {
     }
 }
 
-/// One line for a tag that cannot be pinned: the site, the image, the error and what to do.
+/// One line for a tag that cannot be pinned: the site, the image, the error and what to do;
+/// at most [`LINE_MAX_CHARS`], escaped (the error may quote a registry).
 pub fn unresolved(t: &Target, e: &ResolveError) -> String {
-    format!(
+    let line = format!(
         "{} {:?} ({}): cannot pin image {:?}: {e}; {}",
         t.noun,
-        t.container,
+        clip(&t.container, TEXT_MAX_CHARS),
         t.path,
-        t.image,
+        clip(&t.image, TEXT_MAX_CHARS),
         hint(e)
-    )
+    );
+    shown(&line, LINE_MAX_CHARS).into_owned()
 }
 
 /// A JSON Patch with a `test` before each `replace`, touching only image fields.
@@ -605,7 +718,7 @@ mod tests {
         assert_eq!(a.labels.decision, "denied");
         // The denial record lists every image that failed, the one allowed unpinned too.
         assert_eq!(a.records.len(), 1);
-        let Entry::Images { event, images } = &a.records[0] else {
+        let Entry::Images { event, images, .. } = &a.records[0] else {
             panic!("{:?}", a.records)
         };
         assert_eq!((*event, images.len()), ("denied", 2));
@@ -680,5 +793,198 @@ mod tests {
                 .map(|p| p.targets.len()),
             Ok::<_, NoPin>(1)
         );
+    }
+
+    /// `n` containers `cI` with image `nginx:latest` (each a finding under the built-in policy).
+    fn many(n: usize) -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("c{i}"), "nginx:latest".to_owned()))
+            .collect()
+    }
+
+    fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+        v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+    }
+
+    fn audit_line(a: &Answer<'_>, d: &Decision, i: usize) -> String {
+        let info = crate::audit::RequestInfo::default();
+        serde_json::to_string(&crate::audit::Record {
+            header: crate::audit::Header::new(a.records[i].event(), d, &info),
+            entry: &a.records[i],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn ten_thousand_findings_give_a_bounded_denial() {
+        let images = many(10_000);
+        let d = decided(&Policy::default(), &refs(&images));
+        let a = Answer::new(&d, &[]);
+        let msg = &a.status.message;
+        assert!(
+            msg.starts_with("pinhook denied Pod shop/web-*: 10000 images violate"),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1 + LISTED_MAX + 1);
+        assert!(msg.ends_with("\n- and 9980 more"), "{msg}");
+        assert!(msg.len() < 4 * 1024, "{} bytes", msg.len());
+        let ann = &a.audit_annotations["rejected-images"];
+        assert!(
+            ann.starts_with("c0=nginx:latest (mutable-tag), c1=nginx:latest"),
+            "{ann}"
+        );
+        assert!(ann.ends_with(", and 9980 more"), "{ann}");
+        assert_eq!(ann.matches("(mutable-tag)").count(), LISTED_MAX);
+        let Entry::Violations {
+            violations,
+            omitted,
+            ..
+        } = &a.records[0]
+        else {
+            panic!("{:?}", a.records[0])
+        };
+        assert_eq!((violations.len(), *omitted), (AUDIT_ITEMS_MAX, 9950));
+        let line = audit_line(&a, &d, 0);
+        assert!(line.len() < 32 * 1024, "{} bytes", line.len());
+        assert!(line.ends_with(r#","omitted":9950}"#), "{line}");
+        // The labels still count every violation.
+        assert_eq!(a.labels.violations.len(), 10_000);
+    }
+
+    #[test]
+    fn ten_thousand_warnings_become_ten_and_a_count() {
+        let policy = Policy::from_yaml("mode: warn", "t").unwrap();
+        let images = many(10_000);
+        let d = decided(&policy, &refs(&images));
+        let a = Answer::new(&d, &[]);
+        assert!(a.allowed);
+        assert_eq!(a.warnings.len(), WARNINGS_MAX + 1);
+        assert_eq!(
+            a.warnings[WARNINGS_MAX],
+            "pinhook: and 9990 more warnings (see the audit annotations)"
+        );
+        assert!(
+            a.warnings
+                .iter()
+                .all(|w| w.chars().count() <= WARNING_MAX_CHARS)
+        );
+        let total: usize = a.warnings.iter().map(String::len).sum();
+        assert!(total < 4096, "{total} bytes of warnings");
+        // Exactly WARNINGS_MAX warnings: no count.
+        let images = many(WARNINGS_MAX);
+        let d = decided(&policy, &refs(&images));
+        let a = Answer::new(&d, &[]);
+        assert_eq!(a.warnings.len(), WARNINGS_MAX);
+        assert!(!a.warnings.iter().any(|w| w.contains("more warnings")));
+    }
+
+    #[test]
+    fn ten_thousand_pins_give_bounded_warnings_annotations_and_records() {
+        let d = pinning(10_000, OnResolveFailure::Deny);
+        let results: Vec<PinResult> = (0..10_000)
+            .map(|_| PinResult::Pinned { digest: D.into() })
+            .collect();
+        let a = Answer::new(&d, &results);
+        assert!(a.allowed);
+        assert_eq!(a.warnings.len(), WARNINGS_MAX + 1);
+        assert_eq!(
+            a.warnings[WARNINGS_MAX],
+            "pinhook: and 9990 more warnings (see the audit annotations)"
+        );
+        let ann = &a.audit_annotations["pinned-images"];
+        assert_eq!(ann.matches(" → ").count(), LISTED_MAX);
+        assert!(
+            ann.ends_with(", and 9980 more") && ann.len() < 4096,
+            "{ann}"
+        );
+        // The patch pins every image: it is what the request asked for.
+        assert_eq!(a.patch.as_ref().unwrap().0.len(), 20_000);
+        let Entry::Images {
+            images, omitted, ..
+        } = &a.records[0]
+        else {
+            panic!()
+        };
+        assert_eq!((images.len(), *omitted), (AUDIT_ITEMS_MAX, 9950));
+        assert!(audit_line(&a, &d, 0).len() < 32 * 1024);
+
+        let nf = ResolveError::NotFound {
+            registry: "r".into(),
+            repository: "shop/app".into(),
+            tag: "1.0.0".into(),
+        };
+        let results: Vec<PinResult> = (0..10_000).map(|_| PinResult::Failed(nf.clone())).collect();
+        let a = Answer::new(&d, &results);
+        assert!(!a.allowed);
+        let msg = &a.status.message;
+        assert!(
+            msg.starts_with("pinhook could not pin Pod shop/p: 10000 images could not be resolved"),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1 + LISTED_MAX + 1);
+        assert!(msg.ends_with("\n- and 9980 more") && msg.len() < 8 * 1024);
+        let ann = &a.audit_annotations["unresolved-images"];
+        assert!(ann.ends_with("; and 9980 more") && ann.len() < 8 * 1024);
+        let Entry::Images {
+            images, omitted, ..
+        } = &a.records[0]
+        else {
+            panic!()
+        };
+        assert_eq!((images.len(), *omitted), (AUDIT_ITEMS_MAX, 9950));
+    }
+
+    #[test]
+    fn huge_names_and_images_are_clipped_everywhere() {
+        let name = "n".repeat(100_000);
+        let image = format!("registry.example/{}:latest", "x".repeat(100_000));
+        let d = decided(&Policy::default(), &[(&name, &image)]);
+        let a = Answer::new(&d, &[]);
+        let msg = &a.status.message;
+        assert!(msg.len() < 3 * TEXT_MAX_CHARS + 256, "{} bytes", msg.len());
+        assert!(msg.contains('…'));
+        assert!(a.audit_annotations["rejected-images"].len() < 3 * TEXT_MAX_CHARS);
+        assert!(audit_line(&a, &d, 0).len() < 4 * TEXT_MAX_CHARS + 1024);
+    }
+
+    #[test]
+    fn control_characters_never_reach_a_message_annotation_or_audit_line() {
+        let evil = "\n- container \"x\": fake\u{1b}[31m\r\u{202e}";
+        let object = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": format!("web-{evil}"), "namespace": format!("shop{evil}")},
+            "spec": {"containers": [{"name": format!("c{evil}"), "image": "nginx:latest"},
+                                    {"name": "d", "image": format!("nginx:1{evil}")}]}
+        });
+        let mut req = request(("", "Pod"), "CREATE", object, Value::Null);
+        req.namespace = Some(format!("shop{evil}"));
+        let d = review(&Policy::default(), &req, Endpoint::Validate);
+        let a = Answer::new(&d, &[]);
+        let clean = |s: &str| {
+            !s.chars()
+                .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c))
+        };
+        let msg = &a.status.message;
+        assert_eq!(msg.lines().count(), 3, "{msg}");
+        assert!(msg.lines().all(clean), "{msg:?}");
+        assert!(
+            msg.starts_with(
+                r#"pinhook denied Pod shop\n- container "x": fake\u{1b}[31m\r\u{202e}/web-\n- container "x": fake\u{1b}[31m\r\u{202e}*: 2 images"#
+            ),
+            "{msg}"
+        );
+        for v in a.audit_annotations.values() {
+            assert!(clean(v), "{v:?}");
+        }
+        let line = audit_line(&a, &d, 0);
+        assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line}");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["namespace"], format!("shop{evil}"));
+        // Warnings too.
+        let policy = Policy::from_yaml("mode: warn", "t").unwrap();
+        let d = review(&policy, &req, Endpoint::Validate);
+        let a = Answer::new(&d, &[]);
+        assert_eq!(a.warnings.len(), 2);
+        assert!(a.warnings.iter().all(|w| clean(w)), "{:?}", a.warnings);
     }
 }

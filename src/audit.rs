@@ -1,6 +1,7 @@
 //! The audit trail: one JSON line per request with findings, emitted through tracing on the
 //! `pinhook::audit` target and written verbatim, one write per line, by [`AuditLayer`].
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use serde::Serialize;
@@ -13,8 +14,10 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 
 use crate::admission::{Decision, Finding};
+use crate::answer::{LINE_MAX_CHARS, TEXT_MAX_CHARS};
 use crate::pin::{PinResult, Target};
 use crate::resolve::ResolveError;
+use crate::text::clip;
 
 /// The tracing target audit events are emitted on.
 pub const TARGET: &str = "pinhook::audit";
@@ -22,14 +25,14 @@ pub const TARGET: &str = "pinhook::audit";
 /// One violation in an audit record.
 #[derive(Debug, Clone, Serialize)]
 pub struct Violation<'a> {
-    /// The container's (or image volume's) name.
-    pub container: &'a str,
+    /// The container's (or image volume's) name, clipped to [`TEXT_MAX_CHARS`].
+    pub container: Cow<'a, str>,
     /// What it is: `container` or `volume`.
     pub site: &'static str,
     /// Field path, e.g. `spec.containers[0]`.
     pub path: &'a str,
-    /// The image as written.
-    pub image: &'a str,
+    /// The image as written, clipped to [`TEXT_MAX_CHARS`].
+    pub image: Cow<'a, str>,
     /// Machine-readable rule, e.g. `mutable-tag`.
     pub rule: &'static str,
     /// The full sentence shown to the user.
@@ -39,13 +42,14 @@ pub struct Violation<'a> {
 impl<'a> Violation<'a> {
     /// The record of one finding.
     pub fn of(f: &'a Finding) -> Self {
+        let image = clip(&f.image, TEXT_MAX_CHARS);
         Self {
-            container: &f.container,
+            container: clip(&f.container, TEXT_MAX_CHARS),
             site: f.noun,
             path: &f.path,
-            image: &f.image,
+            reason: f.reason.describe(&image),
+            image,
             rule: f.reason.code(),
-            reason: f.reason.describe(&f.image),
         }
     }
 }
@@ -54,14 +58,14 @@ impl<'a> Violation<'a> {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PinnedImage<'a> {
-    /// The container's (or image volume's) name.
-    pub container: &'a str,
+    /// The container's (or image volume's) name, clipped to [`TEXT_MAX_CHARS`].
+    pub container: Cow<'a, str>,
     /// What it is: `container` or `volume`.
     pub site: &'static str,
     /// Field path.
     pub path: &'a str,
-    /// The image as written.
-    pub image: &'a str,
+    /// The image as written, clipped to [`TEXT_MAX_CHARS`].
+    pub image: Cow<'a, str>,
     /// The reference written instead (absent when left unpinned).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pinned: Option<String>,
@@ -70,7 +74,7 @@ pub struct PinnedImage<'a> {
     /// Age of a stale digest, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_seconds: Option<u64>,
-    /// Why it could not be pinned.
+    /// Why it could not be pinned, clipped to [`LINE_MAX_CHARS`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -79,10 +83,10 @@ impl<'a> PinnedImage<'a> {
     /// An image rewritten to `pinned`.
     pub fn pinned(t: &'a Target, r: &PinResult, pinned: String) -> Self {
         Self {
-            container: &t.container,
+            container: clip(&t.container, TEXT_MAX_CHARS),
             site: t.noun,
             path: &t.path,
-            image: &t.image,
+            image: clip(&t.image, TEXT_MAX_CHARS),
             pinned: Some(pinned),
             result: r.label(),
             stale_seconds: match r {
@@ -96,14 +100,14 @@ impl<'a> PinnedImage<'a> {
     /// An image that could not be pinned, recorded as `result`.
     pub fn failed(t: &'a Target, result: &'static str, e: &ResolveError) -> Self {
         Self {
-            container: &t.container,
+            container: clip(&t.container, TEXT_MAX_CHARS),
             site: t.noun,
             path: &t.path,
-            image: &t.image,
+            image: clip(&t.image, TEXT_MAX_CHARS),
             pinned: None,
             result,
             stale_seconds: None,
-            error: Some(e.to_string()),
+            error: Some(clip(&e.to_string(), LINE_MAX_CHARS).into_owned()),
         }
     }
 }
@@ -117,17 +121,27 @@ pub enum Entry<'a> {
         /// `denied`, `warned` or `audited`.
         #[serde(skip)]
         event: &'static str,
-        /// Every offending container.
+        /// The offending containers, at most [`AUDIT_ITEMS_MAX`](crate::answer::AUDIT_ITEMS_MAX).
         violations: Vec<Violation<'a>>,
+        /// How many more were found but not listed (absent when none).
+        #[serde(skip_serializing_if = "is_zero")]
+        omitted: usize,
     },
     /// `admission.pinned`, `.unpinned`, or `.denied` for tags that cannot be pinned.
     Images {
         /// `pinned`, `unpinned` or `denied`.
         #[serde(skip)]
         event: &'static str,
-        /// The images concerned.
+        /// The images concerned, at most [`AUDIT_ITEMS_MAX`](crate::answer::AUDIT_ITEMS_MAX).
         images: Vec<PinnedImage<'a>>,
+        /// How many more there were but are not listed (absent when none).
+        #[serde(skip_serializing_if = "is_zero")]
+        omitted: usize,
     },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Entry<'_> {
@@ -164,14 +178,14 @@ pub struct Header<'a> {
     pub uid: &'a str,
     /// The operation.
     pub operation: &'a str,
-    /// The namespace.
-    pub namespace: &'a str,
+    /// The namespace, clipped to [`TEXT_MAX_CHARS`] like every request-supplied name.
+    pub namespace: Cow<'a, str>,
     /// The object's kind.
-    pub kind: &'a str,
+    pub kind: Cow<'a, str>,
     /// The object's name (empty when generated).
-    pub name: &'a str,
+    pub name: Cow<'a, str>,
     /// `metadata.generateName`.
-    pub generate_name: &'a str,
+    pub generate_name: Cow<'a, str>,
     /// Who made the request.
     pub user: &'a str,
     /// Whether the request was a dry run.
@@ -192,10 +206,10 @@ impl<'a> Header<'a> {
             event: format!("admission.{event}"),
             uid: &info.uid,
             operation: &info.operation,
-            namespace: &decision.object.namespace,
-            kind: &decision.object.kind,
-            name: &decision.object.name,
-            generate_name: &decision.object.generate_name,
+            namespace: clip(&decision.object.namespace, TEXT_MAX_CHARS),
+            kind: clip(&decision.object.kind, TEXT_MAX_CHARS),
+            name: clip(&decision.object.name, TEXT_MAX_CHARS),
+            generate_name: clip(&decision.object.generate_name, TEXT_MAX_CHARS),
             user: &info.user,
             dry_run: info.dry_run,
             mode: decision.mode.map(|m| m.as_str()).unwrap_or_default(),
@@ -330,6 +344,7 @@ mod tests {
         [Entry::Violations {
             event,
             violations: d.findings.iter().map(Violation::of).collect(),
+            omitted: 0,
         }]
         .iter()
         .map(|entry| {

@@ -29,5 +29,6 @@ pub mod reference;
 pub mod reload;
 pub mod resolve;
 pub mod server;
+pub mod text;
 pub mod tls;
 pub mod workload;

@@ -87,7 +87,12 @@ where
             .with_current_span(false)
             .with_writer(logs)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(logs).boxed(),
+        // Field values escaped: a newline in a request-supplied value cannot start a line
+        // that reads as an audit record.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .fmt_fields(pinhook::text::log_fields())
+            .with_writer(logs)
+            .boxed(),
     };
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))

@@ -499,12 +499,22 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// Reads and compiles the policy file at `path`.
+    /// Reads and compiles the policy file at `path`: a regular file (symbolic links followed)
+    /// of at most [`MAX_POLICY_BYTES`](crate::reload::MAX_POLICY_BYTES).
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            file: path.display().to_string(),
-            source,
-        })?;
+        let text = crate::reload::read_bounded(path, crate::reload::MAX_POLICY_BYTES)
+            .and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "stream did not contain valid UTF-8",
+                    )
+                })
+            })
+            .map_err(|source| PolicyError::Read {
+                file: path.display().to_string(),
+                source,
+            })?;
         Self::from_yaml(&text, &path.display().to_string())
     }
 
@@ -978,5 +988,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("namespaces"), "{msg}");
+    }
+
+    #[test]
+    fn load_refuses_devices_fifos_and_oversized_files_but_follows_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let load_err = |p: &Path| Policy::load(p).unwrap_err().to_string();
+
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+        let e = load_err(&d.join("zero.yaml"));
+        assert!(
+            e.starts_with("cannot read policy file ")
+                && e.ends_with("not a regular file (it is a character device)"),
+            "{e}"
+        );
+
+        let fifo = d.join("fifo.yaml");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(load_err(&fifo).ends_with("(it is a FIFO)"));
+
+        let big = d.join("big.yaml");
+        let mut text = String::from("mode: warn\n");
+        while text.len() as u64 <= crate::reload::MAX_POLICY_BYTES {
+            text.push_str("# padding padding padding padding padding padding padding\n");
+        }
+        std::fs::write(&big, &text).unwrap();
+        assert!(
+            load_err(&big).contains("more than the limit of 1048576 bytes"),
+            "{}",
+            load_err(&big)
+        );
+
+        // A ConfigMap mount: policy.yaml -> ..data/policy.yaml, ..data -> a directory.
+        std::fs::create_dir(d.join("..v1")).unwrap();
+        std::fs::write(d.join("..v1/policy.yaml"), "mode: audit\n").unwrap();
+        std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/policy.yaml", d.join("policy.yaml")).unwrap();
+        let p = Policy::load(&d.join("policy.yaml")).unwrap();
+        assert_eq!(p.profile_for("shop").unwrap().mode, Mode::Audit);
+
+        std::fs::write(d.join("latin1.yaml"), b"mode: warn # \xe9\n").unwrap();
+        assert!(load_err(&d.join("latin1.yaml")).ends_with("stream did not contain valid UTF-8"));
     }
 }

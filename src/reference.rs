@@ -3,18 +3,45 @@
 //!
 //! oci-spec extracts the parts with a capturing regex search (microseconds per image), and the
 //! same few image strings come back in admission after admission, so valid references are
-//! remembered, parsed, in a small bounded memo shared by all requests.
+//! remembered, parsed, in a small memo shared by all requests, bounded in bytes.
 
 use std::sync::{Arc, LazyLock};
 
 use oci_client::Reference;
 
-/// How many distinct valid image strings the parse memo keeps (least-used ones leave first).
-const MEMO_CAPACITY: u64 = 4096;
+/// Bytes of image strings (and their parsed parts) the parse memo keeps, estimated by
+/// [`memo_weight`]: 2 MiB, about 4,000 references of ordinary length. Least-used ones leave
+/// first.
+pub const MEMO_MAX_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Longest image string the memo keeps, in bytes; a longer one (rare, and legitimate only up to
+/// ~700 bytes) is parsed every time it comes.
+pub const MEMO_MAX_ENTRY_BYTES: usize = 512;
+
+/// Longest registry host accepted, in characters (a DNS name's limit, and the kubelet's).
+pub const MAX_HOST_CHARS: usize = 255;
+
+/// What one memo entry costs, roughly: the key, the original, the parsed parts and the
+/// bookkeeping around them.
+fn memo_weight(key: &str, value: &ImageRef) -> u32 {
+    let r = &value.0.parsed;
+    let bytes = key.len()
+        + value.0.original.len()
+        + r.registry().len()
+        + r.repository().len()
+        + r.tag().map_or(0, str::len)
+        + r.digest().map_or(0, str::len)
+        + 256;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
 
 /// Parsed references by the string they were parsed from.
-static MEMO: LazyLock<moka::sync::Cache<String, ImageRef>> =
-    LazyLock::new(|| moka::sync::Cache::new(MEMO_CAPACITY));
+static MEMO: LazyLock<moka::sync::Cache<String, ImageRef>> = LazyLock::new(|| {
+    moka::sync::Cache::builder()
+        .weigher(|key: &String, value: &ImageRef| memo_weight(key, value))
+        .max_capacity(MEMO_MAX_BYTES)
+        .build()
+});
 
 /// Why an image string is not a usable reference.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +71,9 @@ impl ImageRef {
             return Ok(known);
         }
         let parsed = Self::parse_uncached(image)?;
-        MEMO.insert(image.to_owned(), parsed.clone());
+        if image.len() <= MEMO_MAX_ENTRY_BYTES {
+            MEMO.insert(image.to_owned(), parsed.clone());
+        }
         Ok(parsed)
     }
 
@@ -58,6 +87,14 @@ impl ImageRef {
             return Err(invalid("leading or trailing whitespace".into()));
         }
         let parsed = Reference::try_from(image).map_err(|e| invalid(e.to_string()))?;
+        // The kubelet refuses a registry host longer than a DNS name may be; oci-spec limits
+        // only the repository path.
+        let host_chars = parsed.registry().chars().count();
+        if host_chars > MAX_HOST_CHARS {
+            return Err(invalid(format!(
+                "registry host must not be more than {MAX_HOST_CHARS} characters (it has {host_chars})"
+            )));
+        }
         // oci-spec moves an uppercase first component (read as a host) into the Docker Hub
         // repository; the distribution parser the kubelet uses refuses it.
         if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
@@ -237,6 +274,67 @@ mod tests {
             let err = ImageRef::parse("memo/Bad:1").unwrap_err();
             assert_eq!(err.image, "memo/Bad:1");
         }
+    }
+
+    #[test]
+    fn rejects_a_registry_host_longer_than_255_characters() {
+        let label = "a".repeat(63);
+        let host = format!("{label}.{label}.{label}.{label}.example"); // 263 characters
+        let err = ImageRef::parse(&format!("{host}/app:1.0.0")).unwrap_err();
+        assert_eq!(
+            err.reason,
+            "registry host must not be more than 255 characters (it has 263)"
+        );
+        let err = ImageRef::parse(&format!("{host}:5000/app:1.0.0")).unwrap_err();
+        assert!(err.reason.contains("(it has 268)"), "{}", err.reason);
+        // 255 is fine.
+        let host = format!("{label}.{label}.{label}.{}", "b".repeat(63));
+        assert_eq!(host.len(), 255);
+        let ok = ImageRef::parse(&format!("{host}/app:1.0.0")).unwrap();
+        assert_eq!(ok.registry(), host);
+    }
+
+    #[test]
+    fn a_long_reference_is_parsed_but_not_remembered() {
+        // Valid: a 243-character host, a 244-character repository, a 32-character tag.
+        let host = [
+            "a".repeat(60),
+            "b".repeat(60),
+            "c".repeat(60),
+            "d".repeat(60),
+        ]
+        .join(".");
+        let long = format!(
+            "{host}/{}/app:1.0.0-build.12345678901234567890",
+            "x".repeat(240)
+        );
+        assert!(long.len() > MEMO_MAX_ENTRY_BYTES);
+        let first = ImageRef::parse(&long).unwrap();
+        let again = ImageRef::parse(&long).unwrap();
+        assert!(!Arc::ptr_eq(&first.0, &again.0));
+        assert!(MEMO.get(&long).is_none());
+        assert_eq!(first.normalized(), long);
+    }
+
+    #[test]
+    fn the_memo_is_bounded_in_bytes() {
+        // 8,000 distinct references of ~230 bytes: ~7 MiB of weight if all were kept.
+        for i in 0..8_000 {
+            let image = format!(
+                "registry.example/{}x/app{i}:1.0.0",
+                "bounded-memo-".repeat(15)
+            );
+            assert!(image.len() <= MEMO_MAX_ENTRY_BYTES);
+            ImageRef::parse(&image).unwrap();
+        }
+        MEMO.run_pending_tasks();
+        assert!(
+            MEMO.weighted_size() <= MEMO_MAX_BYTES,
+            "{} bytes held",
+            MEMO.weighted_size()
+        );
+        let one = ImageRef::parse_uncached("registry.example/a/b:1").unwrap();
+        assert!(memo_weight("registry.example/a/b:1", &one) > 256);
     }
 
     #[test]

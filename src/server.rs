@@ -23,7 +23,7 @@ use kube::core::admission::{
 };
 
 use crate::admission::{self, Endpoint};
-use crate::answer::Answer;
+use crate::answer::{Answer, TEXT_MAX_CHARS};
 use crate::audit::{self, RequestInfo};
 use crate::bootstrap::{self, Bootstrap, BootstrapError, Material};
 use crate::config::ServeArgs;
@@ -35,6 +35,7 @@ use crate::policy::{Policy, PolicyError};
 use crate::reload::FileWatch;
 use crate::resolve::Resolver;
 use crate::resolve::secrets::PullSecrets;
+use crate::text::clip;
 use crate::tls::{self, TlsError};
 
 /// The server could not start.
@@ -267,13 +268,19 @@ fn parse_review(bytes: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRequ
     Ok(req)
 }
 
-/// The deadline the API server gave (`?timeout=10s`), else the configured one.
+/// The longest `?timeout=` honoured: the API server's own maximum for a webhook call (30 s);
+/// a longer one is taken as 30 s (one too large to be a duration at all is ignored).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The deadline the API server gave (`?timeout=10s`, at most [`MAX_REQUEST_TIMEOUT`]), else
+/// the configured one.
 fn request_deadline(query: Option<&str>, default: Duration) -> Duration {
     query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .find_map(|kv| kv.strip_prefix("timeout="))
         .and_then(|v| parse_duration(v).ok())
+        .map(|d| d.min(MAX_REQUEST_TIMEOUT))
         .unwrap_or(default)
 }
 
@@ -339,17 +346,23 @@ async fn handle(
             let budget = deadline
                 .saturating_sub(state.inner.deadline_margin)
                 .max(Duration::from_millis(100));
-            pinner
-                .pin(plan, &decision.object.namespace, start + budget)
-                .await
+            // `budget` is bounded, but an Instant overflow must never panic a request.
+            let deadline = start
+                .checked_add(budget)
+                .unwrap_or_else(|| start + MAX_REQUEST_TIMEOUT);
+            pinner.pin(plan, &decision.object.namespace, deadline).await
         }
         _ => Vec::new(),
     };
     let answer = Answer::new(&decision, &results);
     let info = RequestInfo {
-        uid: req.uid.clone(),
+        uid: clip(&req.uid, TEXT_MAX_CHARS).into_owned(),
         operation: operation_name(&req.operation).to_owned(),
-        user: req.user_info.username.clone().unwrap_or_default(),
+        user: clip(
+            req.user_info.username.as_deref().unwrap_or_default(),
+            TEXT_MAX_CHARS,
+        )
+        .into_owned(),
         dry_run: req.dry_run,
     };
     audit::record(&answer.records, &decision, &info);
@@ -598,7 +611,10 @@ impl Certificate {
             });
         };
         // The baseline is read before the files, so a change in between is seen later, not lost.
-        let watch = FileWatch::new(vec![cert.clone(), key.clone()]);
+        let watch = FileWatch::new(
+            vec![cert.clone(), key.clone()],
+            crate::reload::MAX_PEM_BYTES,
+        );
         let config = tls::load(&cert, &key)?;
         Ok((Self::Files { watch, cert, key }, config))
     }
@@ -687,7 +703,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let (policy_watch, policy) = match &args.policy {
         Some(path) => {
             // The baseline is read before the policy, so a change in between is seen later, not lost.
-            let watch = FileWatch::new(vec![path.clone()]);
+            let watch = FileWatch::new(vec![path.clone()], crate::reload::MAX_POLICY_BYTES);
             (Some(watch), Policy::load(path)?)
         }
         None => (None, Policy::default()),
@@ -857,6 +873,28 @@ mod tests {
         );
         assert_eq!(
             request_deadline(Some("timeout=bogus"), Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn deadline_is_at_most_the_api_servers_maximum() {
+        for q in ["timeout=31s", "timeout=1h", "timeout=5000000000000000h"] {
+            assert_eq!(
+                request_deadline(Some(q), Duration::from_secs(10)),
+                MAX_REQUEST_TIMEOUT,
+                "{q}"
+            );
+        }
+        assert_eq!(
+            request_deadline(Some("timeout=30s"), Duration::from_secs(10)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            request_deadline(
+                Some("timeout=99999999999999999999999999999999999999h"),
+                Duration::from_secs(10)
+            ),
             Duration::from_secs(10)
         );
     }

@@ -38,12 +38,15 @@ pub enum TlsError {
     },
 }
 
-/// Builds a server configuration from PEM files on disk.
+/// Builds a server configuration from PEM files on disk (regular files of at most
+/// [`MAX_PEM_BYTES`](crate::reload::MAX_PEM_BYTES)).
 pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
-            file: p.display().to_string(),
-            source,
+        crate::reload::read_bounded(p, crate::reload::MAX_PEM_BYTES).map_err(|source| {
+            TlsError::Read {
+                file: p.display().to_string(),
+                source,
+            }
         })
     };
     from_pem(&read(cert)?, &read(key)?, cert, key)

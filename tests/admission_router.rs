@@ -337,3 +337,113 @@ async fn bad_bodies_get_a_precise_error_not_an_answer() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn an_absurd_timeout_is_clamped_and_answered_not_a_panic() {
+    let p = InProcess::new("");
+    p.resolver
+        .set("docker.io/library/nginx:1.27.3", Answer::Digest(D1.into()));
+    for path in [
+        "/mutate?timeout=5000000000000000h",
+        "/mutate?timeout=18446744073709551615s",
+        "/validate?timeout=5000000000000000h",
+    ] {
+        let r = p
+            .review(path, &create(pod(&[("web", "nginx:1.27.3")])))
+            .await;
+        assert_eq!(r["allowed"], true, "{path}: {r}");
+    }
+    assert_eq!(p.resolver.calls().len(), 2);
+}
+
+/// A Pod with `n` containers `cI` running `image`.
+fn wide_pod(n: usize, image: &str) -> Value {
+    let cs: Vec<Value> = (0..n)
+        .map(|i| json!({"name": format!("c{i}"), "image": image}))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "shop"}, "spec": {"containers": cs}})
+}
+
+/// The whole answer to `review` on `path`, and its size in bytes.
+async fn answer_bytes(p: &InProcess, path: &str, review: &Value) -> (Value, usize) {
+    let (status, body) = p
+        .send(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(review.to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    (v["response"].clone(), body.len())
+}
+
+#[tokio::test]
+async fn ten_thousand_containers_get_a_bounded_answer() {
+    let request = create(wide_pod(10_000, "nginx:latest"));
+    assert!(request.to_string().len() > 350_000);
+
+    // enforce: a message of 20 containers and a count, an annotation of 20.
+    let p = InProcess::new("");
+    let (r, size) = answer_bytes(&p, "/validate", &request).await;
+    assert!(size < 8 * 1024, "{size} bytes");
+    let msg = r["status"]["message"].as_str().unwrap();
+    assert_eq!(msg.lines().count(), 22, "{msg}");
+    assert!(msg.ends_with("\n- and 9980 more"), "{msg}");
+    assert!(
+        r["auditAnnotations"]["rejected-images"]
+            .as_str()
+            .unwrap()
+            .ends_with(", and 9980 more")
+    );
+
+    // warn: ten warnings and a count.
+    let p = InProcess::new("mode: warn\n");
+    let (r, size) = answer_bytes(&p, "/validate", &request).await;
+    assert!(size < 8 * 1024, "{size} bytes");
+    let warnings = r["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 11);
+    assert_eq!(
+        warnings[10],
+        "pinhook: and 9990 more warnings (see the audit annotations)"
+    );
+
+    // /mutate, every tag missing: a bounded denial.
+    let p = InProcess::new("");
+    let request = create(wide_pod(10_000, "shop/gone:1.0.0"));
+    let (r, size) = answer_bytes(&p, "/mutate", &request).await;
+    assert_eq!(r["allowed"], false);
+    assert!(size < 16 * 1024, "{size} bytes");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("\n- and 9980 more")
+    );
+}
+
+#[tokio::test]
+async fn control_characters_in_names_never_reach_the_requesters_terminal() {
+    let p = InProcess::new("");
+    let evil = "\n\u{1b}[31mFAKE\u{1b}[0m\r";
+    let object = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": format!("web{evil}-"), "namespace": format!("shop{evil}")},
+        "spec": {"containers": [{"name": format!("c{evil}"), "image": "nginx:latest"}]}});
+    let mut request = create(object);
+    request["request"]["namespace"] = json!(format!("shop{evil}"));
+    let r = p.review("/validate", &request).await;
+    let msg = r["status"]["message"].as_str().unwrap();
+    assert!(!msg.contains('\u{1b}') && !msg.contains('\r'), "{msg:?}");
+    assert_eq!(msg.lines().count(), 2, "{msg}");
+    assert!(
+        msg.starts_with(r"pinhook denied Pod shop\n\u{1b}[31mFAKE\u{1b}[0m\r/web\n\u{1b}[31mFAKE\u{1b}[0m\r-*: 1 image"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(r#"container "c\n\u{1b}[31mFAKE\u{1b}[0m\r" (spec.containers[0])"#),
+        "{msg}"
+    );
+    let ann = r["auditAnnotations"]["rejected-images"].as_str().unwrap();
+    assert!(!ann.chars().any(char::is_control), "{ann:?}");
+}

@@ -147,3 +147,58 @@ async fn invalid_edit_is_refused_and_old_policy_stays() {
     assert_eq!(resp["allowed"], false, "{resp}");
     assert_has_line(&server.metrics().await, "pinhook_policy_valid 1");
 }
+
+/// Points `path` at `target` in one step, as a ConfigMap update would.
+fn relink(path: &Path, target: &Path) {
+    let tmp = path.with_extension("yaml.link");
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_dev_zero_link_or_a_fifo_is_a_logged_reload_failure_not_a_hang() {
+    let server = start_with_policy("mode: warn\n");
+    let path = server.policy_path();
+    let refused = |server: &Pinhook, what: &'static str| {
+        server.wait_for_line(RELOAD_WAIT, move |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("policy reload refused"))
+                && v["error"].as_str().is_some_and(|e| e.contains(what))
+        })
+    };
+
+    relink(&path, Path::new("/dev/zero"));
+    refused(&server, "not a regular file (it is a character device)");
+    let metrics = server.metrics().await;
+    assert_has_line(
+        &metrics,
+        r#"pinhook_policy_reloads_total{result="failure"} 1"#,
+    );
+    assert_has_line(&metrics, "pinhook_policy_valid 0");
+
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    relink(&path, &fifo);
+    refused(&server, "not a regular file (it is a FIFO)");
+    assert_has_line(
+        &server.metrics().await,
+        r#"pinhook_policy_reloads_total{result="failure"} 2"#,
+    );
+
+    // The watcher is not stuck: a good file is taken again, and the old policy served meanwhile.
+    let resp = latest_tag_pod(&server).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    std::fs::remove_file(&path).unwrap();
+    replace(&path, "mode: enforce\n");
+    wait_for_reload(&server);
+    assert_eq!(latest_tag_pod(&server).await["allowed"], false);
+    assert_has_line(&server.metrics().await, "pinhook_policy_valid 1");
+}

@@ -326,7 +326,8 @@ impl Transport {
                     rate_limited += 1;
                     match wait {
                         Some(w)
-                            if rate_limited <= 3 && w + Duration::from_millis(50) < remaining =>
+                            if rate_limited <= 3
+                                && w.saturating_add(Duration::from_millis(50)) < remaining =>
                         {
                             tokio::time::sleep(w).await
                         }
@@ -509,10 +510,11 @@ impl Transport {
                 detail: "token response has no token".into(),
             })?;
         // The spec's default lifetime is 60 s; keep a margin so a token never expires mid-request.
-        let lifetime = Duration::from_secs(t.expires_in.unwrap_or(60).max(10));
+        // `expires_in` is the token server's word: clamped to a day, so no value overflows.
+        let lifetime = Duration::from_secs(t.expires_in.unwrap_or(60).clamp(10, 86_400));
         Ok(Token {
             value,
-            expires: Instant::now() + lifetime - Duration::from_secs(5),
+            expires: Instant::now() + (lifetime - Duration::from_secs(5)),
         })
     }
 }
