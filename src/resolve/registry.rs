@@ -473,10 +473,9 @@ impl Transport {
                 Err(e) => return Err(guard::hop_failed(route, hop, &url, &e)),
             };
             if hop == Hop::Registry {
-                route.internal = resp
-                    .remote_addr()
-                    .map(|a| a.ip())
-                    .or_else(|| guard::dialled_ip(&url))
+                // An IP literal is the address dialled; for a name, the peer that answered.
+                route.internal = guard::dialled_ip(&url)
+                    .or_else(|| resp.remote_addr().map(|a| a.ip()))
                     .is_some_and(guard::is_internal);
             }
             let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
@@ -1072,6 +1071,23 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// A registry written as a name is internal when it answered from an internal address: its
+    /// redirect to another loopback port is followed (the hop is judged by the peer's address).
+    #[tokio::test]
+    async fn a_registry_named_by_a_name_that_answers_from_loopback_may_redirect_inward() {
+        install_crypto_provider();
+        const D: &str = "sha256:7b3ccabffc97de872a30dfd234fd972a66d247c8cfc69b0550f276481852627c";
+        let app = axum::Router::new().fallback(|| async { ([("docker-content-digest", D)], "") });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let registry = redirecting_registry(format!("http://{target}/v2/x")).await;
+        let named = registry.replace("127.0.0.1", "localhost");
+        let t = Transport::new(&[], Duration::from_secs(2)).unwrap();
+        let digest = lookup(&t, &named, "http", None).await.unwrap();
+        assert_eq!(digest.to_string(), D);
     }
 
     /// A hop that fails at the network level is one sentence naming the registry, whatever the
