@@ -1,7 +1,8 @@
 //! Talking to a registry: `HEAD` the manifest with every manifest media type accepted, take
 //! `Docker-Content-Digest` (or `GET` and hash the exact bytes), answering Basic and Bearer
 //! challenges, honouring `429 Retry-After` within the deadline; every client it builds carries
-//! the SSRF guard of `guard.rs`.
+//! the SSRF guard of `guard.rs`, and redirects are followed here, one hop at a time, each one
+//! checked by that guard.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,14 +11,14 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use reqwest::StatusCode;
 use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE,
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 
 use super::ResolveError;
 use super::auth::Credential;
 use super::digest::Digest;
 pub use super::guard::is_forbidden;
-use super::guard::{self, ForbiddenAddress, check_host};
+use super::guard::{self, ForbiddenAddress, Hop, Route};
 use super::host;
 use super::labels::RegistryLabelSet;
 use crate::patterns::Patterns;
@@ -80,11 +81,48 @@ pub struct Endpoint {
     pub mirror_of: Option<String>,
 }
 
+/// Redirects followed per request, as reqwest's default policy would (and browsers do).
+const MAX_REDIRECTS: usize = 5;
+
+/// The two clients of one trust configuration: the registry's own (its resolver refuses only
+/// forbidden addresses) and the one for later hops of a registry that is not internal (its
+/// resolver refuses loopback and private addresses too). Neither follows redirects itself.
+#[derive(Debug, Clone)]
+struct Clients {
+    registry: reqwest::Client,
+    public_hops: reqwest::Client,
+}
+
+impl Clients {
+    fn build(
+        call_timeout: Duration,
+        configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            registry: configure(client_builder(call_timeout, true)).build()?,
+            public_hops: configure(client_builder(call_timeout, false)).build()?,
+        })
+    }
+}
+
+/// One request of a lookup: its first hop, and how it is sent.
+struct Request {
+    method: reqwest::Method,
+    url: reqwest::Url,
+    /// [`Hop::Registry`] or [`Hop::TokenRealm`]; later hops are redirects.
+    hop: Hop,
+    /// Whether to send the manifest `Accept` header.
+    accept: bool,
+    authorization: Option<String>,
+    /// Time allowed for the request and its redirects.
+    limit: Duration,
+}
+
 /// HTTP clients and settings for every registry, rebuilt when the policy changes.
 #[derive(Debug)]
 pub struct Transport {
-    default: reqwest::Client,
-    per_host: HashMap<String, reqwest::Client>,
+    default: Clients,
+    per_host: HashMap<String, Clients>,
     insecure: HashSet<String>,
     mirrors: HashMap<String, Vec<String>>,
     call_timeout: Duration,
@@ -114,13 +152,13 @@ pub struct Exchange {
     pub requests: u32,
 }
 
-fn client_builder(call_timeout: Duration) -> reqwest::ClientBuilder {
+fn client_builder(call_timeout: Duration, allow_internal: bool) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .dns_resolver(Arc::new(guard::GuardedResolver))
+        .dns_resolver(Arc::new(guard::GuardedResolver { allow_internal }))
         .connect_timeout(call_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .user_agent(concat!("pinhook/", env!("CARGO_PKG_VERSION")))
-        .redirect(guard::redirect_policy())
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 impl Transport {
@@ -129,9 +167,7 @@ impl Transport {
         registries: &[RegistrySettings],
         call_timeout: Duration,
     ) -> Result<Self, RegistryConfigError> {
-        let default = client_builder(call_timeout)
-            .build()
-            .map_err(RegistryConfigError::Client)?;
+        let default = Clients::build(call_timeout, |b| b).map_err(RegistryConfigError::Client)?;
         let mut per_host = HashMap::new();
         let mut insecure = HashSet::new();
         let mut mirrors = HashMap::new();
@@ -155,11 +191,13 @@ impl Transport {
                 if certs.is_empty() {
                     return Err(ca_error(CaFileProblem::Empty));
                 }
-                let mut b = client_builder(call_timeout);
-                for c in certs {
-                    b = b.add_root_certificate(c);
-                }
-                let client = b.build().map_err(|e| ca_error(CaFileProblem::Client(e)))?;
+                let client = Clients::build(call_timeout, |mut b| {
+                    for c in &certs {
+                        b = b.add_root_certificate(c.clone());
+                    }
+                    b
+                })
+                .map_err(|e| ca_error(CaFileProblem::Client(e)))?;
                 for h in std::iter::once(&host).chain(r.mirrors.iter()) {
                     per_host.insert(h.to_ascii_lowercase(), client.clone());
                 }
@@ -221,7 +259,7 @@ impl Transport {
         self.labels.label(host)
     }
 
-    fn client(&self, host: &str) -> &reqwest::Client {
+    fn clients(&self, host: &str) -> &Clients {
         self.per_host.get(host).unwrap_or(&self.default)
     }
 
@@ -239,7 +277,6 @@ impl Transport {
             allowed,
             deadline,
         } = *q;
-        check_host(&endpoint.host, allowed)?;
         let mut url = format!(
             "{}://{}/v2/{repository}/manifests/{tag}",
             endpoint.scheme, endpoint.host
@@ -248,6 +285,17 @@ impl Transport {
             url.push_str("?ns=");
             url.push_str(ns);
         }
+        let url = reqwest::Url::parse(&url).map_err(|e| ResolveError::Connect {
+            registry: endpoint.host.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut route = Route {
+            allowed,
+            registry: &endpoint.host,
+            internal: false,
+        };
+        // The host reqwest will dial, normalized by the URL parser, not the string written.
+        guard::check_url(&url, Hop::Registry, &route)?;
         let scope = format!("repository:{repository}:pull");
         // Tokens are reused until they expire, per host, scope and credential (never across credentials).
         let token_key = format!(
@@ -270,7 +318,7 @@ impl Transport {
                     &url,
                     authorization.as_deref(),
                     deadline,
-                    exchange,
+                    (&mut route, &mut *exchange),
                 )
                 .await?;
             match resp.status() {
@@ -280,7 +328,13 @@ impl Transport {
                         return Ok(d);
                     }
                     return self
-                        .get_and_hash(endpoint, &url, authorization.as_deref(), deadline, exchange)
+                        .get_and_hash(
+                            endpoint,
+                            &url,
+                            authorization.as_deref(),
+                            deadline,
+                            (&mut route, &mut *exchange),
+                        )
                         .await;
                 }
                 StatusCode::UNAUTHORIZED if !challenged => {
@@ -301,7 +355,12 @@ impl Transport {
                         },
                         Challenge::Bearer { realm, service } => {
                             let t = self
-                                .fetch_token(endpoint, &realm, &service, &scope, q, exchange)
+                                .fetch_token(
+                                    endpoint,
+                                    (&realm, &service, &scope),
+                                    q,
+                                    (&mut route, &mut *exchange),
+                                )
                                 .await?;
                             let header = format!("Bearer {}", t.value);
                             self.tokens.insert(token_key.clone(), t);
@@ -353,10 +412,10 @@ impl Transport {
         &self,
         endpoint: &Endpoint,
         method: reqwest::Method,
-        url: &str,
+        url: &reqwest::Url,
         authorization: Option<&str>,
         deadline: Instant,
-        exchange: &mut Exchange,
+        (route, exchange): (&mut Route<'_>, &mut Exchange),
     ) -> Result<reqwest::Response, ResolveError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let limit = remaining.min(self.call_timeout);
@@ -366,27 +425,92 @@ impl Transport {
                 seconds: 0.0,
             });
         }
-        let mut req = self
-            .client(&endpoint.host)
-            .request(method, url)
-            .header(ACCEPT, MANIFEST_ACCEPT)
-            .timeout(limit);
-        if let Some(a) = authorization {
-            req = req.header(AUTHORIZATION, a);
+        let request = Request {
+            method,
+            url: url.clone(),
+            hop: Hop::Registry,
+            accept: true,
+            authorization: authorization.map(str::to_owned),
+            limit,
+        };
+        self.request(endpoint, request, route, exchange).await
+    }
+
+    /// Sends `r` and follows its redirects (at most [`MAX_REDIRECTS`]) one hop at a time, each
+    /// checked by the guard before it is sent; the registry's own first hop notes in `route`
+    /// whether the registry answered from an internal address, which later hops may then reach.
+    async fn request(
+        &self,
+        endpoint: &Endpoint,
+        r: Request,
+        route: &mut Route<'_>,
+        exchange: &mut Exchange,
+    ) -> Result<reqwest::Response, ResolveError> {
+        let until = Instant::now() + r.limit;
+        let clients = self.clients(&endpoint.host);
+        let (mut url, mut hop, mut authorization) = (r.url, r.hop, r.authorization);
+        let mut redirects = 0;
+        loop {
+            let client = if hop == Hop::Registry || route.internal {
+                &clients.registry
+            } else {
+                &clients.public_hops
+            };
+            let mut req = client
+                .request(r.method.clone(), url.clone())
+                .timeout(until.saturating_duration_since(Instant::now()));
+            if r.accept {
+                req = req.header(ACCEPT, MANIFEST_ACCEPT);
+            }
+            if let Some(a) = &authorization {
+                req = req.header(AUTHORIZATION, a);
+            }
+            exchange.requests += 1;
+            let resp = match req.send().await {
+                Ok(resp) => resp,
+                Err(e) if hop == Hop::Registry => {
+                    return Err(classify(&endpoint.host, &e, r.limit));
+                }
+                Err(e) => return Err(guard::hop_failed(route, hop, &url, &e)),
+            };
+            if hop == Hop::Registry {
+                // An IP literal is the address dialled; for a name, the peer that answered.
+                route.internal = guard::dialled_ip(&url)
+                    .or_else(|| resp.remote_addr().map(|a| a.ip()))
+                    .is_some_and(guard::is_internal);
+            }
+            let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+            // Like reqwest: past the limit, or without a usable Location, the 3xx is the answer.
+            let next = match resp.headers().get(LOCATION) {
+                Some(location) if redirect && redirects < MAX_REDIRECTS => {
+                    location.to_str().ok().and_then(|l| url.join(l).ok())
+                }
+                _ => None,
+            };
+            let Some(next) = next else {
+                return Ok(resp);
+            };
+            guard::check_url(&next, Hop::Redirect, route)?;
+            // Credentials never follow a redirect to another origin (as reqwest does).
+            if next.scheme() != url.scheme()
+                || next.host_str() != url.host_str()
+                || next.port_or_known_default() != url.port_or_known_default()
+            {
+                authorization = None;
+            }
+            tracing::debug!(registry = route.registry, from = %url, to = %next, "following a redirect");
+            (url, hop) = (next, Hop::Redirect);
+            redirects += 1;
         }
-        exchange.requests += 1;
-        req.send()
-            .await
-            .map_err(|e| classify(&endpoint.host, &e, limit))
     }
 
     async fn get_and_hash(
         &self,
         endpoint: &Endpoint,
-        url: &str,
+        url: &reqwest::Url,
         authorization: Option<&str>,
         deadline: Instant,
-        exchange: &mut Exchange,
+        (route, exchange): (&mut Route<'_>, &mut Exchange),
     ) -> Result<Digest, ResolveError> {
         let resp = self
             .send(
@@ -395,9 +519,11 @@ impl Transport {
                 url,
                 authorization,
                 deadline,
-                exchange,
+                (&mut *route, exchange),
             )
             .await?;
+        let redirected = resp.url() != url;
+        let final_url = resp.url().clone();
         if !resp.status().is_success() {
             return Err(ResolveError::Status {
                 registry: endpoint.host.clone(),
@@ -406,10 +532,13 @@ impl Transport {
         }
         refuse_schema1(resp.headers(), &endpoint.host)?;
         let header = digest_header(resp.headers(), &endpoint.host)?;
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| classify(&endpoint.host, &e, self.call_timeout))?;
+        let body = resp.bytes().await.map_err(|e| {
+            if redirected {
+                guard::hop_failed(route, Hop::Redirect, &final_url, &e)
+            } else {
+                classify(&endpoint.host, &e, self.call_timeout)
+            }
+        })?;
         let computed = Digest::of(&body);
         if let Some(h) = header
             && h != computed
@@ -427,44 +556,40 @@ impl Transport {
     async fn fetch_token(
         &self,
         endpoint: &Endpoint,
-        realm: &str,
-        service: &str,
-        scope: &str,
+        (realm, service, scope): (&str, &str, &str),
         q: &Lookup<'_>,
-        exchange: &mut Exchange,
+        (route, exchange): (&mut Route<'_>, &mut Exchange),
     ) -> Result<Token, ResolveError> {
         let Lookup {
             credential,
-            allowed,
             deadline,
             ..
         } = *q;
-        let realm_url = reqwest::Url::parse(realm).map_err(|e| ResolveError::Invalid {
+        let mut realm_url = reqwest::Url::parse(realm).map_err(|e| ResolveError::Invalid {
             registry: endpoint.host.clone(),
             detail: format!("token realm {realm:?} is not a URL: {e}"),
         })?;
         let realm_host = host::of_url(&realm_url);
-        check_host(&realm_host, allowed)?;
+        guard::check_url(&realm_url, Hop::TokenRealm, route)?;
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .min(self.call_timeout);
-        let mut req = self
-            .client(&endpoint.host)
-            .get(realm_url)
-            .timeout(remaining);
-        let mut query = vec![("scope", scope)];
-        if !service.is_empty() {
-            query.push(("service", service));
+        {
+            let mut query = realm_url.query_pairs_mut();
+            query.append_pair("scope", scope);
+            if !service.is_empty() {
+                query.append_pair("service", service);
+            }
         }
-        req = req.query(&query);
-        if let Some(c) = credential {
-            req = req.header(AUTHORIZATION, basic(c));
-        }
-        exchange.requests += 1;
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| classify(&realm_host, &e, remaining))?;
+        let request = Request {
+            method: reqwest::Method::GET,
+            url: realm_url.clone(),
+            hop: Hop::TokenRealm,
+            accept: false,
+            authorization: credential.map(basic),
+            limit: remaining,
+        };
+        let resp = self.request(endpoint, request, route, exchange).await?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -495,7 +620,7 @@ impl Transport {
         let body = resp
             .bytes()
             .await
-            .map_err(|e| classify(&realm_host, &e, remaining))?;
+            .map_err(|e| guard::hop_failed(route, Hop::TokenRealm, &realm_url, &e))?;
         let t: TokenResponse =
             serde_json::from_slice(&body).map_err(|e| ResolveError::Invalid {
                 registry: realm_host.clone(),
@@ -627,12 +752,11 @@ fn classify(registry: &str, e: &reqwest::Error, limit: Duration) -> ResolveError
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(f) = s.downcast_ref::<ForbiddenAddress>() {
+            // The addresses stay in the debug log: a denial never repeats internal DNS answers.
+            tracing::debug!(host = %f.host, addresses = %f.addrs, "a registry name resolves only to refused addresses");
             return ResolveError::Forbidden {
                 host: f.host.clone(),
-                reason: format!(
-                    "it resolves to {}, a link-local or metadata address",
-                    f.addrs
-                ),
+                reason: "it resolves only to link-local or metadata addresses".into(),
             };
         }
         if let Some(t) = s.downcast_ref::<rustls::Error>() {
@@ -830,6 +954,168 @@ mod tests {
             [("127.0.0.1:6000", "http"), ("127.0.0.1:5000", "http")]
         );
         assert_eq!(e[0].mirror_of.as_deref(), Some("127.0.0.1:5000"));
+    }
+
+    /// A TCP listener on 127.0.0.1 that counts the connections it accepts (and closes them).
+    async fn counting_listener() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        (port, accepted)
+    }
+
+    /// A registry on 127.0.0.1 answering every request `307 Location: location`.
+    async fn redirecting_registry(location: String) -> String {
+        let app = axum::Router::new().fallback(move || {
+            let location = location.clone();
+            async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [("location", location)],
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        host
+    }
+
+    async fn lookup(
+        t: &Transport,
+        host: &str,
+        scheme: &'static str,
+        allowed: Option<&Patterns>,
+    ) -> Result<Digest, ResolveError> {
+        let endpoint = Endpoint {
+            host: host.to_owned(),
+            scheme,
+            mirror_of: None,
+        };
+        let q = Lookup {
+            repository: "x",
+            tag: "1",
+            credential: None,
+            allowed,
+            deadline: Instant::now() + Duration::from_secs(5),
+        };
+        t.digest(&endpoint, &q, &mut Exchange::default()).await
+    }
+
+    /// Spellings of "this host" (0.0.0.0 reaches the local host on Linux) are refused by the
+    /// address they normalize to, before anything is dialled: the listener accepts nothing.
+    #[tokio::test]
+    async fn numeric_spellings_of_this_host_are_refused_before_connecting() {
+        install_crypto_provider();
+        let (port, accepted) = counting_listener().await;
+        // The control: dialled directly, 0.0.0.0:port does reach the listener.
+        tokio::net::TcpStream::connect(("0.0.0.0", port))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reached = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(reached, 1);
+        let t = Transport::new(&[], Duration::from_secs(2)).unwrap();
+        for host in ["0", "0.0.0.0", "0x0", "00.0", "0.0.0"] {
+            for scheme in ["http", "https"] {
+                let err = lookup(&t, &format!("{host}:{port}"), scheme, None)
+                    .await
+                    .unwrap_err();
+                assert!(
+                    matches!(&err, ResolveError::Forbidden { reason, .. } if reason == "0.0.0.0 is an address of this host (0.0.0.0/8)"),
+                    "{host}: {err:?}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), reached);
+    }
+
+    /// A redirect is checked on the address it normalizes to: to an address outside
+    /// `allowedRegistries` (whatever its spelling) or to a forbidden one, it is never followed.
+    #[tokio::test]
+    async fn redirects_are_checked_on_the_normalized_address_before_connecting() {
+        install_crypto_provider();
+        let (port, accepted) = counting_listener().await;
+        let t = Transport::new(&[], Duration::from_secs(2)).unwrap();
+        for spelling in [
+            "0x7f000001",
+            "2130706433",
+            "0177.0.0.1",
+            "127.1",
+            "127.0.0.1",
+        ] {
+            let registry = redirecting_registry(format!("http://{spelling}:{port}/v2/x")).await;
+            let allowed = Patterns::new(&[registry.as_str()], true).unwrap();
+            let err = lookup(&t, &registry, "http", Some(&allowed))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("refusing to contact 127.0.0.1:{port}: not in allowedRegistries"),
+                "{spelling}"
+            );
+        }
+        for spelling in ["0", "0x0.0", "[::]", "[::ffff:0.0.0.0]"] {
+            let registry = redirecting_registry(format!("http://{spelling}:{port}/v2/x")).await;
+            let err = lookup(&t, &registry, "http", None).await.unwrap_err();
+            assert!(
+                matches!(&err, ResolveError::Forbidden { reason, .. } if reason.contains("is an address of this host")),
+                "{spelling}: {err:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// A registry written as a name is internal when it answered from an internal address: its
+    /// redirect to another loopback port is followed (the hop is judged by the peer's address).
+    #[tokio::test]
+    async fn a_registry_named_by_a_name_that_answers_from_loopback_may_redirect_inward() {
+        install_crypto_provider();
+        const D: &str = "sha256:7b3ccabffc97de872a30dfd234fd972a66d247c8cfc69b0550f276481852627c";
+        let app = axum::Router::new().fallback(|| async { ([("docker-content-digest", D)], "") });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let registry = redirecting_registry(format!("http://{target}/v2/x")).await;
+        let named = registry.replace("127.0.0.1", "localhost");
+        let t = Transport::new(&[], Duration::from_secs(2)).unwrap();
+        let digest = lookup(&t, &named, "http", None).await.unwrap();
+        assert_eq!(digest.to_string(), D);
+    }
+
+    /// A hop that fails at the network level is one sentence naming the registry, whatever the
+    /// port did (closed, or open and hanging up): the denial tells nothing about it.
+    #[tokio::test]
+    async fn a_failed_redirect_hop_does_not_tell_what_is_listening() {
+        install_crypto_provider();
+        let (open, _) = counting_listener().await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = Transport::new(&[], Duration::from_secs(2)).unwrap();
+        let mut messages = Vec::new();
+        for port in [open, closed] {
+            let registry = redirecting_registry(format!("http://127.0.0.1:{port}/v2/x")).await;
+            let err = lookup(&t, &registry, "http", None).await.unwrap_err();
+            assert_eq!(err.metric_label(), "connect", "{err:?}");
+            messages.push(err.to_string().replace(&registry, "REGISTRY"));
+        }
+        assert_eq!(messages[0], messages[1]);
+        assert_eq!(
+            messages[0],
+            "cannot connect to registry REGISTRY: the redirect target it named could not be reached or may not be contacted (details in pinhook's debug log)"
+        );
     }
 
     #[test]
