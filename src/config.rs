@@ -138,6 +138,16 @@ pub struct ResolveCmdArgs {
     pub images: Vec<String>,
 }
 
+/// Default `--max-body-bytes`: the API server's own request limit (3 MiB) plus 512 KiB for the
+/// AdmissionReview around the object; an UPDATE's `object` and `oldObject` fit too, as etcd's
+/// default 1.5 MiB value limit keeps each storable object under 1.5 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
+
+/// Default `--max-inflight-body-bytes` (5 MiB): one maximum-size body and 1.5 MiB of ordinary
+/// reviews at once. Parsing costs up to ~40 times the body (a 3 MiB Pod peaked at 142 MiB), so
+/// this keeps the worst case near 25 + 5 × 40 = 225 MiB, under the chart's 256 MiB limit.
+pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: usize = 5 * 1024 * 1024;
+
 /// Flags of `pinhook serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -172,8 +182,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PINHOOK_POLICY")]
     pub policy: Option<PathBuf>,
     /// Largest request body accepted; larger ones get 413.
-    #[arg(long, env = "PINHOOK_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "PINHOOK_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Request-body bytes read and parsed at once across the process; a request waits (within
+    /// its deadline) for its Content-Length (or --max-body-bytes when unknown), else gets 503.
+    #[arg(long, env = "PINHOOK_MAX_INFLIGHT_BODY_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BODY_BYTES)]
+    pub max_inflight_body_bytes: usize,
     /// How often the policy and certificate files are checked for changes.
     #[arg(long, env = "PINHOOK_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod answer;
 pub mod audit;
 pub mod bootstrap;
+pub mod budget;
 pub mod certs;
 pub mod check;
 pub mod config;

@@ -26,6 +26,7 @@ use crate::admission::{self, Endpoint};
 use crate::answer::{Answer, TEXT_MAX_CHARS};
 use crate::audit::{self, RequestInfo};
 use crate::bootstrap::{self, Bootstrap, BootstrapError, Material};
+use crate::budget::BodyBudget;
 use crate::config::ServeArgs;
 use crate::duration::parse_duration;
 use crate::metrics::{Metrics, ReloadLabels};
@@ -75,6 +76,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Reserve kept before the deadline.
     pub deadline_margin: Duration,
+    /// Request-body bytes in flight across the process (at least `max_body_bytes`).
+    pub max_inflight_body_bytes: usize,
 }
 
 /// State shared by every request.
@@ -91,6 +94,7 @@ struct Shared {
     max_body_bytes: usize,
     body_timeout: Duration,
     deadline_margin: Duration,
+    budget: Arc<BodyBudget>,
     pinner: Option<Arc<Pinner>>,
 }
 
@@ -110,6 +114,13 @@ impl AppState {
                 max_body_bytes: limits.max_body_bytes,
                 body_timeout: limits.request_timeout,
                 deadline_margin: limits.deadline_margin,
+                budget: BodyBudget::new(
+                    limits
+                        .max_inflight_body_bytes
+                        .max(limits.max_body_bytes)
+                        .try_into()
+                        .unwrap_or(u64::MAX),
+                ),
                 pinner,
             }),
         }
@@ -215,15 +226,21 @@ fn error_response(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-/// Reads the body within the size limit and the deadline.
-async fn read_body(state: &AppState, body: Body, deadline: Duration) -> Result<Bytes, BadRequest> {
+/// Reads the body within the size limit and `wait` (what is left of `deadline`); the body stays
+/// with the caller, so an HTTP/2 stream left unread can be closed after the answer is sent.
+async fn read_body(
+    state: &AppState,
+    body: &mut Body,
+    wait: Duration,
+    deadline: Duration,
+) -> Result<Bytes, BadRequest> {
     let limit = state.inner.max_body_bytes;
     let too_large = || BadRequest {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         message: format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),
     };
     let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(deadline, collect).await {
+    match tokio::time::timeout(wait, collect).await {
         Err(_) => Err(BadRequest {
             status: StatusCode::REQUEST_TIMEOUT,
             message: format!(
@@ -238,6 +255,44 @@ async fn read_body(state: &AppState, body: Body, deadline: Duration) -> Result<B
         }),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
+}
+
+/// Most bytes of a refused HTTP/2 request body read and discarded after the answer.
+pub const DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Longest time a refused HTTP/2 request body is read and discarded after the answer.
+pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+
+/// `response` to an HTTP/2 request whose `body` was not read (413, 408, 503, 400): the stream
+/// must end the way clients read as "stop sending" (RFC 9113 §8.1). Dropping the body before the
+/// answer is out resets the stream with CANCEL (curl: error 92, no status); so the rest of the
+/// body is read and discarded, up to [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`], and the body is
+/// dropped only once the answer has been sent: a client still sending then gets
+/// RST_STREAM(NO_ERROR) after a complete answer, and one that finished in time no reset at all
+/// (curl 7.88 fails on any reset that arrives while it is still uploading).
+fn close_after(response: Response, mut body: Body) -> Response {
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
+                if seen > DRAIN_MAX_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
+        // The sender goes with the answer's body, once the answer has been written.
+        let _ = tokio::time::timeout(DRAIN_MAX_TIME, sent_rx).await;
+        drop(body);
+    });
+    let (parts, out) = response.into_parts();
+    let out = out.map_frame(move |frame| {
+        let _sent: &tokio::sync::oneshot::Sender<()> = &sent_tx;
+        frame
+    });
+    Response::from_parts(parts, Body::new(out))
 }
 
 /// Parses an AdmissionReview v1 with a request.
@@ -311,31 +366,55 @@ async fn handle(
     let start = Instant::now();
     let metrics = state.metrics();
     let deadline = request_deadline(query.as_deref(), state.inner.body_timeout);
+    let http2 = request.version() == axum::http::Version::HTTP_2;
+    let (parts, mut body) = request.into_parts();
     let result = async {
-        if let Some(len) = request.headers().get(header::CONTENT_LENGTH)
-            && let Some(len) = len.to_str().ok().and_then(|s| s.parse::<u64>().ok())
-            && len > state.inner.max_body_bytes as u64
+        let max = state.inner.max_body_bytes;
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|len| len.to_str().ok())
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(len) = length
+            && len > max as u64
         {
             return Err(BadRequest {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 message: format!(
-                    "request body of {len} bytes exceeds the limit of {} bytes (--max-body-bytes)",
-                    state.inner.max_body_bytes
+                    "request body of {len} bytes exceeds the limit of {max} bytes (--max-body-bytes)"
                 ),
             });
         }
-        let bytes = read_body(&state, request.into_body(), deadline).await?;
-        parse_review(&bytes)
+        // The bytes this body may take, reserved before it is read and held until the answer.
+        let wanted = length.unwrap_or(max as u64);
+        let budget = &state.inner.budget;
+        let reservation = budget.reserve(wanted, deadline).await.map_err(|_| BadRequest {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "request bodies in flight fill the budget of {} bytes (--max-inflight-body-bytes) and {wanted} bytes did not become free within {}s; retry",
+                budget.capacity(),
+                deadline.as_secs_f64()
+            ),
+        })?;
+        let wait = deadline.saturating_sub(start.elapsed());
+        let bytes = read_body(&state, &mut body, wait, deadline).await?;
+        Ok((parse_review(&bytes)?, reservation))
     }
     .await;
-    let req = match result {
-        Ok(req) => req,
+    let (req, _reservation) = match result {
+        Ok(ok) => ok,
         Err(bad) => {
             tracing::warn!(endpoint = endpoint.as_str(), status = bad.status.as_u16(), error = %bad.message, "rejected malformed admission request");
             metrics.request(endpoint.as_str(), "error");
-            return error_response(bad.status, bad.message);
+            let response = error_response(bad.status, bad.message);
+            return if http2 {
+                close_after(response, body)
+            } else {
+                response
+            };
         }
     };
+    drop(body);
     let policy = state.policy();
     let decision = admission::review(&policy, &req, endpoint);
     if let Err(NoPin::Controlled(owner)) = &decision.pin {
@@ -674,6 +753,36 @@ fn watch_bootstrap(
     });
 }
 
+/// Most HTTP/2 streams (requests) open at once on one connection; the API server opens another
+/// connection past it.
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 64;
+
+/// Most response bytes buffered per HTTP/2 stream for a client that does not open its receive
+/// window (hyper's default is ~400 KB).
+pub const HTTP2_MAX_SEND_BUF_BYTES: usize = 64 * 1024;
+
+/// How often an HTTP/2 connection is pinged when nothing arrives on it.
+pub const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the HTTP/2 connection is closed.
+pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection limits of the webhook listener: on HTTP/1, each next request's headers must
+/// arrive within `request_timeout` of the previous answer (so idle keep-alive connections and
+/// slow headers are cut); on HTTP/2, pings find dead peers and streams and buffers are capped.
+fn configure_connections(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    request_timeout: Duration,
+) {
+    builder.http1().header_read_timeout(request_timeout);
+    builder
+        .http2()
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
+        .max_send_buf_size(HTTP2_MAX_SEND_BUF_BYTES)
+        .keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn shutdown_signal() {
     let term = async {
@@ -744,7 +853,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,
         deadline_margin: args.deadline_margin,
+        max_inflight_body_bytes: args.max_inflight_body_bytes,
     };
+    if args.max_inflight_body_bytes < args.max_body_bytes {
+        return Err(ServeError::Config {
+            message: format!(
+                "--max-inflight-body-bytes ({}) must be at least --max-body-bytes ({}), or a body of the largest size could never be read",
+                args.max_inflight_body_bytes, args.max_body_bytes
+            ),
+        });
+    }
     let state = AppState::new(policy, limits, Some(Arc::new(pinner)), metrics);
 
     let listen = |addr: SocketAddr| {
@@ -793,7 +911,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
 
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(webhook_listener, tls_config)
+    let mut server = axum_server::from_tcp_rustls(webhook_listener, tls_config)
         .map_err(|source| ServeError::Listen {
             addr: webhook_addr,
             source,
@@ -802,8 +920,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         // segment waits for the ACK of the previous one, which a client may delay by 40 ms.
         .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
         .handle(handle.clone())
-        .first_request_timeout(args.request_timeout)
-        .serve(router(state.clone()).into_make_service());
+        .first_request_timeout(args.request_timeout);
+    configure_connections(server.http_builder(), args.request_timeout);
+    let server = server.serve(router(state.clone()).into_make_service());
     let webhook = tokio::spawn(server);
 
     let ops_listener =

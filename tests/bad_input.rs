@@ -200,7 +200,7 @@ async fn chunked_body_without_length_over_the_limit_gets_413() {
 }
 
 #[tokio::test]
-async fn default_limit_is_8_mib_and_large_objects_below_it_work() {
+async fn default_limit_is_3_5_mib_and_large_objects_below_it_work() {
     let server = Pinhook::start();
     // A 3 MiB object (the API server's own ceiling) is judged normally.
     let mut review = fixture("pod_mutable_latest_tag");
@@ -209,12 +209,228 @@ async fn default_limit_is_8_mib_and_large_objects_below_it_work() {
     let (status, _, body) = server.validate(Http::V2, &review).await;
     assert_eq!(status, 200);
     assert_eq!(body["response"]["allowed"], false);
-    // Just over 8 MiB is refused.
-    let (status, text) = post(&server, Http::V2, vec![b' '; 8 * 1024 * 1024 + 1]).await;
+    // Just over 3.5 MiB is refused.
+    let (status, text) = post(
+        &server,
+        Http::V2,
+        vec![b' '; 3 * 1024 * 1024 + 512 * 1024 + 1],
+    )
+    .await;
     assert_eq!(status, 413);
     assert!(
-        error_of(status, &text).contains("limit of 8388608 bytes"),
+        error_of(status, &text).contains("limit of 3670016 bytes"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_413_over_http2_is_read_as_an_answer_not_a_stream_error() {
+    let server = Pinhook::start_with(Options {
+        args: vec!["--max-body-bytes".into(), "4096".into()],
+        ..Default::default()
+    });
+    // 4 MiB: far more than the stream's flow-control window, so the client is still sending
+    // when the answer comes, and the stream must then be closed with NO_ERROR, not CANCEL.
+    let big = vec![b' '; 4 * 1024 * 1024];
+    let (status, text) = post(&server, Http::V2, big.clone()).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        error_of(status, &text),
+        "request body of 4194304 bytes exceeds the limit of 4096 bytes (--max-body-bytes)"
+    );
+    // curl (7.88 here) reported such a reset as error 92 with no status.
+    let file = server.dir.path().join("big.json");
+    std::fs::write(&file, &big).unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-H",
+            "Content-Type: application/json",
+            "--cacert",
+        ])
+        .arg(server.dir.path().join("ca.crt"))
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .args([
+            "-w",
+            "\n%{http_code} %{http_version}",
+            &server.url("/validate"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl failed: {:?} {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, code) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(code, "413 2", "{stdout}");
+    assert!(
+        error_of(413, body).contains("exceeds the limit of 4096 bytes"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn bodies_in_flight_are_bounded_and_the_excess_gets_503_within_the_deadline() {
+    let server = Pinhook::start_with(Options {
+        args: vec![
+            "--max-body-bytes".into(),
+            "100000".into(),
+            "--max-inflight-body-bytes".into(),
+            "150000".into(),
+        ],
+        ..Default::default()
+    });
+    // A slow client holds 100,000 bytes of the budget while its body trickles in.
+    let mut slow = server.raw_tls(Duration::from_secs(10));
+    slow.write_all(b"POST /validate?timeout=20s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n{")
+        .unwrap();
+    slow.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 60,000 more do not fit: 503 once the request's own deadline has passed.
+    let start = Instant::now();
+    let resp = server
+        .client(Http::V2)
+        .post(server.url("/validate?timeout=1s"))
+        .body(vec![b' '; 60_000])
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(
+        error_of(status, &text),
+        "request bodies in flight fill the budget of 150000 bytes (--max-inflight-body-bytes) and 60000 bytes did not become free within 1s; retry"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    // An ordinary review still fits beside the slow one.
+    let (status, _, _) = server
+        .validate(Http::V2, &fixture("pod_version_tags"))
+        .await;
+    assert_eq!(status, 200);
+    // Once the slow client goes, its bytes are free again.
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, text) = post(&server, Http::V2, vec![b' '; 60_000]).await;
+    assert_eq!(status, 400, "{text}");
+}
+
+#[test]
+fn an_inflight_budget_below_the_body_limit_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_certs(dir.path());
+    let out = common::serve_command()
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .args([
+            "--max-body-bytes",
+            "5000",
+            "--max-inflight-body-bytes",
+            "4000",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("--max-inflight-body-bytes (4000) must be at least --max-body-bytes (5000)"),
+        "{stderr}"
+    );
+}
+
+/// Reads from `tls` until the server closes the connection; how long that took, or `None` if it
+/// stayed open for `limit`.
+fn wait_for_close(
+    tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    limit: Duration,
+    mut each: impl FnMut(&mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>),
+) -> Option<Vec<u8>> {
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match tls.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                each(tls)
+            }
+            Err(_) => return Some(got),
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_the_request_timeout() {
+    let server = Pinhook::start_with(Options {
+        args: vec!["--request-timeout".into(), "1s".into()],
+        ..Default::default()
+    });
+    let mut tls = server.raw_tls(Duration::from_secs(10));
+    tls.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    tls.flush().unwrap();
+    let start = Instant::now();
+    let got = wait_for_close(&mut tls, Duration::from_secs(6), |_| {})
+        .expect("the idle keep-alive connection stayed open");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(
+        !got.to_ascii_lowercase().contains("connection: close"),
+        "the answer itself kept the connection: {got}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn headers_dribbled_after_the_first_request_are_cut() {
+    let server = Pinhook::start_with(Options {
+        args: vec!["--request-timeout".into(), "1s".into()],
+        ..Default::default()
+    });
+    let mut tls = server.raw_tls(Duration::from_secs(10));
+    tls.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}POST /validate HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    tls.flush().unwrap();
+    let start = Instant::now();
+    // One more header line every 200 ms, never the blank line that ends them.
+    let got = wait_for_close(&mut tls, Duration::from_secs(6), |tls| {
+        let _ = tls.write_all(b"X-Slow: 1\r\n");
+        let _ = tls.flush();
+    })
+    .expect("a connection dribbling headers stayed open");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
     );
 }
 

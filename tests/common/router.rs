@@ -142,6 +142,7 @@ impl InProcess {
             max_body_bytes: 3 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             deadline_margin: Duration::from_secs(1),
+            max_inflight_body_bytes: 12 * 1024 * 1024,
         };
         let state = AppState::new(
             policy,
