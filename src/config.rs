@@ -188,6 +188,10 @@ pub struct ServeArgs {
     /// its deadline) for its Content-Length (or --max-body-bytes when unknown), else gets 503.
     #[arg(long, env = "PINHOOK_MAX_INFLIGHT_BODY_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BODY_BYTES)]
     pub max_inflight_body_bytes: usize,
+    /// A webhook connection with no request in flight for this long is closed (HTTP/1.1 and
+    /// HTTP/2); longer than the API server's own 90 s, so it normally closes first.
+    #[arg(long, env = "PINHOOK_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// How often the policy and certificate files are checked for changes.
     #[arg(long, env = "PINHOOK_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,

@@ -17,6 +17,7 @@ pub mod check;
 pub mod config;
 pub mod drift;
 pub mod duration;
+pub mod idle;
 pub mod krm;
 pub mod manifest;
 pub mod metrics;

@@ -29,6 +29,7 @@ use crate::bootstrap::{self, Bootstrap, BootstrapError, Material};
 use crate::budget::BodyBudget;
 use crate::config::ServeArgs;
 use crate::duration::parse_duration;
+use crate::idle::IdleAcceptor;
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::mutate::Pinner;
 use crate::pin::NoPin;
@@ -918,7 +919,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         })?
         // Answers go out as soon as they are written: with Nagle's algorithm on, a small last
         // segment waits for the ACK of the previous one, which a client may delay by 40 ms.
-        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+        .map(|tls| {
+            IdleAcceptor::new(
+                tls.acceptor(axum_server::accept::NoDelayAcceptor::new()),
+                args.idle_timeout,
+            )
+        })
         .handle(handle.clone())
         .first_request_timeout(args.request_timeout);
     configure_connections(server.http_builder(), args.request_timeout);

@@ -504,3 +504,50 @@ async fn silent_connection_is_closed_after_the_request_timeout() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use http_body_util::BodyExt;
+    use rustls::pki_types::pem::PemObject;
+
+    let server = Pinhook::start_with(Options {
+        args: vec!["--idle-timeout".into(), "1s".into()],
+        ..Default::default()
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = hyper::Request::post(server.url("/validate"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("not an AdmissionReview"));
+    // The client answers pings and keeps the connection; only the server can end it.
+    let idle = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    assert!(closed.is_ok(), "the idle HTTP/2 connection stayed open");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(800) && idle.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        idle.elapsed()
+    );
+}
