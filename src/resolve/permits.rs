@@ -6,9 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::ResolveError;
+
+/// The least time worth starting a lookup with after queueing for its permits: a lookup that
+/// would be left with less is answered as busy instead.
+pub const MIN_LOOKUP: Duration = Duration::from_millis(100);
 
 /// Which pool of permits a lookup waited for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,36 +78,73 @@ impl Permits {
         pool
     }
 
-    /// Waits for a permit of `host`'s pool, then one of the process's, until `deadline`.
+    /// Waits for a permit of `host`'s pool, then one of the process's, while at least
+    /// [`MIN_LOOKUP`] would be left before `deadline` to talk to the registry.
     pub async fn acquire(&self, host: &str, deadline: Instant) -> Result<Held, ResolveError> {
         let started = Instant::now();
-        let busy = |pool: Pool, semaphore: &Semaphore, limit: usize| ResolveError::Busy {
+        let busy = |pool: Pool, in_flight: usize| ResolveError::Busy {
             registry: host.to_owned(),
             seconds: started.elapsed().as_secs_f64(),
-            in_flight: limit.saturating_sub(semaphore.available_permits()),
+            in_flight,
             pool,
         };
-        let shutting_down = || ResolveError::ShuttingDown {
-            registry: host.to_owned(),
-        };
-        let tokio_deadline = tokio::time::Instant::from_std(deadline);
+        let give_up =
+            tokio::time::Instant::from_std(deadline.checked_sub(MIN_LOOKUP).unwrap_or(deadline));
+        let mut queued = None;
         let registry = self.pool(host);
-        let registry_permit =
-            match tokio::time::timeout_at(tokio_deadline, registry.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(shutting_down()),
-                Err(_) => return Err(busy(Pool::Registry, &registry, self.per_registry)),
-            };
-        let all_permit =
-            match tokio::time::timeout_at(tokio_deadline, self.all.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(shutting_down()),
-                Err(_) => return Err(busy(Pool::All, &self.all, self.all_limit)),
-            };
+        let registry_permit = match registry.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return Err(self.shutting_down(host)),
+            Err(TryAcquireError::NoPermits) => {
+                queued = Some((Pool::Registry, self.per_registry));
+                match tokio::time::timeout_at(give_up, registry.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(self.shutting_down(host)),
+                    Err(_) => {
+                        return Err(busy(
+                            Pool::Registry,
+                            self.in_flight(&registry, self.per_registry),
+                        ));
+                    }
+                }
+            }
+        };
+        let all_permit = match self.all.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return Err(self.shutting_down(host)),
+            Err(TryAcquireError::NoPermits) => {
+                queued = Some((Pool::All, self.all_limit));
+                match tokio::time::timeout_at(give_up, self.all.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(self.shutting_down(host)),
+                    Err(_) => {
+                        return Err(busy(Pool::All, self.in_flight(&self.all, self.all_limit)));
+                    }
+                }
+            }
+        };
+        // Permits obtained after queueing almost to the deadline: the wait, not the registry,
+        // used up the time, so say that rather than "did not answer within 0.0s".
+        if let Some((pool, limit)) = queued
+            && deadline.saturating_duration_since(Instant::now()) < MIN_LOOKUP
+        {
+            return Err(busy(pool, limit));
+        }
         Ok(Held {
             _registry: registry_permit,
             _all: all_permit,
         })
+    }
+
+    /// Lookups holding permits of `pool` (of `limit`).
+    fn in_flight(&self, pool: &Semaphore, limit: usize) -> usize {
+        limit.saturating_sub(pool.available_permits())
+    }
+
+    fn shutting_down(&self, host: &str) -> ResolveError {
+        ResolveError::ShuttingDown {
+            registry: host.to_owned(),
+        }
     }
 
     /// Hosts with a pool entry (live or not yet pruned), for tests of the bound.
