@@ -67,8 +67,7 @@ pub enum ResolveError {
         /// The limit that expired.
         seconds: f64,
     },
-    /// The deadline expired while the lookup queued for a permit behind other lookups: pinhook
-    /// was saturated, the registry was not asked.
+    /// The lookup queued for a permit behind other lookups until its deadline; the registry was not asked.
     #[error("pinhook's lookups {} were all busy for {seconds:.1}s ({in_flight} in flight, {}); the registry was not asked", match pool { Pool::Registry => format!("to registry {registry}"), Pool::All => "to all registries".to_owned() }, match pool { Pool::Registry => "the most per registry", Pool::All => "the most across all registries" })]
     Busy {
         /// Registry host.
@@ -160,8 +159,7 @@ impl ResolveError {
         }
     }
 
-    /// True when the registry is unreachable or failing (or pinhook's lookups to it are all
-    /// busy), so a recent digest may be served.
+    /// True when the registry is unreachable or failing (or pinhook's lookups all busy), so a recent digest may be served.
     pub fn is_outage(&self) -> bool {
         match self {
             Self::RateLimited { .. }

@@ -10,8 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::ResolveError;
 
-/// The least time worth starting a lookup with after queueing for its permits: a lookup that
-/// would be left with less is answered as busy instead.
+/// The least time worth starting a lookup with after queueing; with less left it is answered as busy.
 pub const MIN_LOOKUP: Duration = Duration::from_millis(100);
 
 /// Which pool of permits a lookup waited for.
@@ -78,8 +77,7 @@ impl Permits {
         pool
     }
 
-    /// Waits for a permit of `host`'s pool, then one of the process's, while at least
-    /// [`MIN_LOOKUP`] would be left before `deadline` to talk to the registry.
+    /// Waits for a permit of `host`'s pool, then the process's, while [`MIN_LOOKUP`] would be left before `deadline`.
     pub async fn acquire(&self, host: &str, deadline: Instant) -> Result<Held, ResolveError> {
         let started = Instant::now();
         let busy = |pool: Pool, in_flight: usize| ResolveError::Busy {
@@ -154,8 +152,7 @@ impl Permits {
     }
 }
 
-/// The permits of one lookup to one host: held while it talks to the registry, given back while
-/// it sleeps on `Retry-After`.
+/// The permits of one lookup to one host: held while it talks, given back while it sleeps on `Retry-After`.
 #[derive(Debug)]
 pub struct Slot<'a> {
     permits: &'a Permits,
