@@ -504,6 +504,9 @@ fn hint(e: &ResolveError) -> &'static str {
         }
         ResolveError::Forbidden { .. } => "use an allowed registry",
         ResolveError::ShuttingDown { .. } => "retry: another pinhook replica will answer",
+        ResolveError::Busy { .. } => {
+            "retry: other lookups to that registry were queued ahead of this one"
+        }
         ResolveError::Invalid { .. }
         | ResolveError::NoCachedAnswer { .. }
         | ResolveError::NoEndpoint { .. } => "pin the image by digest yourself",

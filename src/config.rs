@@ -73,9 +73,16 @@ pub struct RegistryArgs {
     /// Most digests kept in the cache.
     #[arg(long, env = "PINHOOK_CACHE_MAX_ENTRIES", default_value_t = 100_000)]
     pub cache_max_entries: u64,
-    /// Most registry lookups in flight at once.
+    /// Most registry lookups in flight at once, across the process.
     #[arg(long, env = "PINHOOK_MAX_CONCURRENT_RESOLUTIONS", default_value_t = 16)]
     pub max_concurrent_resolutions: usize,
+    /// Most registry lookups in flight at once to one registry host (its fair share of the above).
+    #[arg(
+        long,
+        env = "PINHOOK_MAX_CONCURRENT_RESOLUTIONS_PER_REGISTRY",
+        default_value_t = 4
+    )]
+    pub max_concurrent_resolutions_per_registry: usize,
 }
 
 impl RegistryArgs {
@@ -86,6 +93,8 @@ impl RegistryArgs {
             ttl: self.cache_ttl,
             negative_ttl: self.cache_negative_ttl,
             max_entries: self.cache_max_entries,
+            max_concurrent: self.max_concurrent_resolutions,
+            max_concurrent_per_registry: self.max_concurrent_resolutions_per_registry,
         }
     }
 

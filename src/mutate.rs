@@ -1,10 +1,9 @@
 //! The one I/O step of `/mutate`: gather the pod's credentials and resolve every target of a
-//! [`PinPlan`] concurrently (bounded) before the admission deadline.
+//! [`PinPlan`] concurrently before the admission deadline (the resolver bounds the lookups
+//! in flight, per registry and across the process).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::Semaphore;
 
 use crate::admission::PinPlan;
 use crate::pin::{PinResult, Source, Target};
@@ -18,7 +17,6 @@ pub struct Pinner {
     resolver: Arc<dyn Resolve>,
     secrets: Option<PullSecrets>,
     registry_config: Keyring,
-    concurrency: Semaphore,
 }
 
 impl Pinner {
@@ -27,13 +25,11 @@ impl Pinner {
         resolver: Arc<dyn Resolve>,
         secrets: Option<PullSecrets>,
         registry_config: Keyring,
-        concurrency: usize,
     ) -> Self {
         Self {
             resolver,
             secrets,
             registry_config,
-            concurrency: Semaphore::new(concurrency.max(1)),
         }
     }
 
@@ -54,8 +50,8 @@ impl Pinner {
             Scope::default()
         };
         // Every target concurrently, in this task: a cached digest answers at once, and the
-        // misses wait for the registry together (bounded by the semaphore), without a task
-        // spawned per image.
+        // misses wait for the registry together (the resolver's permits bound the lookups in
+        // flight, per registry and across the process), without a task spawned per image.
         futures_util::future::join_all(
             plan.targets
                 .iter()
@@ -86,11 +82,8 @@ impl Pinner {
             };
         }
         let registry = || target.reference.registry().to_owned();
-        let Ok(_permit) = self.concurrency.acquire().await else {
-            return PinResult::Failed(ResolveError::ShuttingDown {
-                registry: registry(),
-            });
-        };
+        // Cut at the deadline whatever the resolver does; a resolver that queued for a permit
+        // until then says so itself (`Busy`), since it is polled before this timeout fires.
         let remaining = deadline.saturating_duration_since(Instant::now());
         let fresh = target.source == Source::Refresh;
         match tokio::time::timeout(

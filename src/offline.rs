@@ -151,12 +151,7 @@ impl Offline {
             source,
         })?;
         Ok(Self {
-            pinner: Pinner::new(
-                Arc::new(resolver),
-                None,
-                keyring,
-                registry.max_concurrent_resolutions,
-            ),
+            pinner: Pinner::new(Arc::new(resolver), None, keyring),
             // Each object gets the time of a few registry calls (token, HEAD, a retry).
             budget: registry.registry_timeout * 3,
             policy,

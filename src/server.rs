@@ -844,12 +844,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             None
         }
     };
-    let pinner = Pinner::new(
-        Arc::new(resolver),
-        secrets,
-        registry_config,
-        args.registry.max_concurrent_resolutions,
-    );
+    let pinner = Pinner::new(Arc::new(resolver), secrets, registry_config);
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,

@@ -901,3 +901,89 @@ async fn metrics_count_cache_lookups_registry_requests_and_resolution_time() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarpit_registry_of_one_namespace_does_not_starve_another_namespace() {
+    // Namespace `tenant-a` uses a tarpit (accepts, never answers); `tenant-b` a healthy registry.
+    let healthy = Registry::plain();
+    let digest = healthy.push("shop/web", "1.0.0", &TestImage::single("fair"));
+    let tarpit_backend = Registry::plain();
+    let tarpit = DelayProxy::start(tarpit_backend.addr, ProxyMode::BlackHole);
+    let (tarpit_host, healthy_host) = (tarpit.host(), healthy.host.clone());
+    let server = Pinhook::start_with(Options {
+        policy: Some(policy(&[&tarpit_host, &healthy_host], "")),
+        // The defaults, written out: 16 lookups in flight, 4 of them to any one registry.
+        args: vec![
+            "--max-concurrent-resolutions".into(),
+            "16".into(),
+            "--max-concurrent-resolutions-per-registry".into(),
+            "4".into(),
+        ],
+        ..Default::default()
+    });
+
+    // More admissions of distinct tarpit images than the whole process-wide pool.
+    const A: usize = 20;
+    let done_a = Arc::new(AtomicUsize::new(0));
+    let mut tenant_a = tokio::task::JoinSet::new();
+    for i in 0..A {
+        let (client, url) = (server.client(Http::V2), server.url("/mutate?timeout=4s"));
+        let review = pod(&format!("{tarpit_host}/stuck/app:{i}.0.0"), "tenant-a");
+        let done_a = done_a.clone();
+        tenant_a.spawn(async move {
+            let resp = post_review(&client, &url, &review).await;
+            done_a.fetch_add(1, Ordering::SeqCst);
+            resp
+        });
+    }
+    // Tenant A's lookups have taken the tarpit's share of permits.
+    let start = Instant::now();
+    while tarpit.accepted() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "pinhook never reached the tarpit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let image = format!("{healthy_host}/shop/web:1.0.0");
+    let resp = mutate(&server, &pod(&image, "tenant-b"), "4s").await;
+    // Ordering, not timing: B is answered while every one of A's admissions is still waiting.
+    assert_eq!(
+        done_a.load(Ordering::SeqCst),
+        0,
+        "tenant B waited for tenant A's tarpit"
+    );
+    assert_eq!(pinned_image(&resp), format!("{image}@{digest}"));
+    assert_eq!(
+        tarpit.accepted(),
+        4,
+        "the tarpit held at most its share of lookups"
+    );
+
+    let (mut timed_out, mut queued) = (0, 0);
+    for resp in tenant_a.join_all().await {
+        let msg = denial(&resp);
+        if msg.contains(&format!("registry {tarpit_host} did not answer within")) {
+            // Only lookups that ran say so, with the time they actually had.
+            assert!(!msg.contains("within 0.0s"), "{msg}");
+            timed_out += 1;
+        } else if msg.contains(&format!(
+            "pinhook's lookups to registry {tarpit_host} were all busy for"
+        )) {
+            assert!(
+                msg.contains("(4 in flight, the most per registry); the registry was not asked"),
+                "{msg}"
+            );
+            assert!(!msg.contains("did not answer"), "{msg}");
+            queued += 1;
+        } else {
+            panic!("unexpected denial for tenant A: {msg}");
+        }
+    }
+    eprintln!("tenant A: {timed_out} timed out at the tarpit, {queued} queued behind them");
+    // The first four ran into the tarpit; the others queued for its share (a few may have got a
+    // permit with a little time left, and ran, and say so).
+    assert_eq!(timed_out + queued, A);
+    assert!(timed_out >= 4 && queued >= A / 2, "{timed_out} {queued}");
+}

@@ -6,6 +6,7 @@ pub mod digest;
 mod guard;
 pub mod host;
 pub mod labels;
+pub mod permits;
 pub mod registry;
 pub mod secrets;
 
@@ -22,6 +23,8 @@ use crate::policy::RegistrySettings;
 use crate::reference::ImageRef;
 use auth::{Credential, Keyring};
 use digest::Digest;
+pub use permits::Pool;
+use permits::{Permits, Slot};
 pub use registry::RegistryConfigError;
 use registry::{Exchange, Transport};
 
@@ -63,6 +66,18 @@ pub enum ResolveError {
         registry: String,
         /// The limit that expired.
         seconds: f64,
+    },
+    /// The lookup queued for a permit behind other lookups until its deadline; the registry was not asked.
+    #[error("pinhook's lookups {} were all busy for {seconds:.1}s ({in_flight} in flight, {}); the registry was not asked", match pool { Pool::Registry => format!("to registry {registry}"), Pool::All => "to all registries".to_owned() }, match pool { Pool::Registry => "the most per registry", Pool::All => "the most across all registries" })]
+    Busy {
+        /// Registry host.
+        registry: String,
+        /// How long the lookup queued.
+        seconds: f64,
+        /// Lookups holding the permits of the pool it waited for.
+        in_flight: usize,
+        /// Which pool was full.
+        pool: Pool,
     },
     /// The TLS handshake failed (unknown CA, wrong name, expired certificate…).
     #[error("TLS failure with registry {registry}: {detail}")]
@@ -132,6 +147,7 @@ impl ResolveError {
             Self::Unauthorized { .. } => "unauthorized",
             Self::RateLimited { .. } => "rate-limited",
             Self::Timeout { .. } => "timeout",
+            Self::Busy { .. } => "busy",
             Self::Tls { .. } => "tls",
             Self::Connect { .. } => "connect",
             Self::Forbidden { .. } => "forbidden",
@@ -143,10 +159,13 @@ impl ResolveError {
         }
     }
 
-    /// True when the registry is unreachable or failing, so a recent digest may be served.
+    /// True when the registry is unreachable or failing (or pinhook's lookups all busy), so a recent digest may be served.
     pub fn is_outage(&self) -> bool {
         match self {
-            Self::RateLimited { .. } | Self::Timeout { .. } | Self::Connect { .. } => true,
+            Self::RateLimited { .. }
+            | Self::Timeout { .. }
+            | Self::Busy { .. }
+            | Self::Connect { .. } => true,
             Self::Status { status, .. } => *status >= 500,
             _ => false,
         }
@@ -173,6 +192,10 @@ pub struct ResolverSettings {
     pub negative_ttl: Duration,
     /// Most entries kept.
     pub max_entries: u64,
+    /// Most registry lookups in flight at once, across the process.
+    pub max_concurrent: usize,
+    /// Most registry lookups in flight at once to one registry host.
+    pub max_concurrent_per_registry: usize,
 }
 
 impl Default for ResolverSettings {
@@ -182,6 +205,8 @@ impl Default for ResolverSettings {
             ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(15),
             max_entries: 100_000,
+            max_concurrent: 16,
+            max_concurrent_per_registry: 4,
         }
     }
 }
@@ -320,6 +345,7 @@ pub struct Resolver {
     cache: moka::future::Cache<Key, Cached>,
     ttl: Duration,
     negative_ttl: Duration,
+    permits: Permits,
     metrics: Arc<Metrics>,
 }
 
@@ -348,6 +374,10 @@ impl Resolver {
                 .build(),
             ttl: settings.ttl,
             negative_ttl: settings.negative_ttl,
+            permits: Permits::new(
+                settings.max_concurrent,
+                settings.max_concurrent_per_registry,
+            ),
             metrics,
         })
     }
@@ -428,6 +458,10 @@ impl Resolver {
                 // waited uses it.
                 let start = Instant::now();
                 let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
+                // A lookup that found pinhook's lookups all busy is not the registry's answer:
+                // it is given to this caller only, never cached, so the next caller tries again.
+                let busy: std::sync::Mutex<Option<Cached>> = std::sync::Mutex::new(None);
+                let busy_ref = &busy;
                 let computed = self
                     .cache
                     .entry_by_ref(&key)
@@ -441,6 +475,17 @@ impl Resolver {
                         let result = self
                             .lookup(image, &tag, &credentials, scope.allowed.as_ref(), deadline)
                             .await;
+                        if let Err(e @ ResolveError::Busy { .. }) = result {
+                            let answer = Cached {
+                                result: Err(Arc::new(e)),
+                                at: Instant::now(),
+                                last_good: previous.as_ref().and_then(Cached::good),
+                            };
+                            if let Ok(mut slot) = busy_ref.lock() {
+                                *slot = Some(answer);
+                            }
+                            return Op::Nop;
+                        }
                         let result = result.map_err(Arc::new);
                         let last_good = match result {
                             Ok(_) => None,
@@ -453,8 +498,12 @@ impl Resolver {
                         })
                     })
                     .await;
-                match computed {
-                    CompResult::Inserted(e) | CompResult::ReplacedWith(e) => {
+                let busy = busy
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match (busy, computed) {
+                    (Some(answer), _) => (answer, "miss"),
+                    (None, CompResult::Inserted(e) | CompResult::ReplacedWith(e)) => {
                         if e.value().result.is_ok() {
                             self.metrics
                                 .resolution_duration
@@ -462,10 +511,10 @@ impl Resolver {
                         }
                         (e.into_value(), "miss")
                     }
-                    CompResult::Unchanged(e) => (e.into_value(), "hit"),
+                    (None, CompResult::Unchanged(e)) => (e.into_value(), "hit"),
                     // The computation always puts a value or finds a fresh one; should moka
                     // ever answer otherwise, the request gets an error rather than a panic.
-                    CompResult::StillNone(_) | CompResult::Removed(_) => (
+                    (None, CompResult::StillNone(_) | CompResult::Removed(_)) => (
                         Cached {
                             result: Err(Arc::new(ResolveError::NoCachedAnswer {
                                 registry: image.registry().to_owned(),
@@ -519,6 +568,14 @@ impl Resolver {
         let endpoints = transport.endpoints(image.registry());
         let mut last_err = None;
         for endpoint in &endpoints {
+            // A fair share: this host's permits and the process's, held while talking to it.
+            let mut slot = match Slot::acquire(&self.permits, &endpoint.host, deadline).await {
+                Ok(slot) => slot,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
             let mut tried = Vec::new();
             let attempts = credentials.iter().map(Some).chain(std::iter::once(None));
             let mut result = None;
@@ -531,7 +588,9 @@ impl Resolver {
                     allowed,
                     deadline,
                 };
-                let r = transport.digest(endpoint, &lookup, &mut exchange).await;
+                let r = transport
+                    .digest(endpoint, &lookup, &mut exchange, &mut slot)
+                    .await;
                 let outcome = match &r {
                     Ok(_) => "ok",
                     Err(e) => e.metric_label(),
@@ -832,5 +891,132 @@ mod tests {
             assert_eq!(answer.unwrap().unwrap().digest, DIGEST);
         }
         assert_eq!(reg.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    fn one_at_a_time(host: &str) -> Resolver {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let registries = [RegistrySettings {
+            host: host.to_owned(),
+            insecure: true,
+            ..Default::default()
+        }];
+        let settings = ResolverSettings {
+            max_concurrent: 1,
+            max_concurrent_per_registry: 1,
+            ..Default::default()
+        };
+        Resolver::new(&registries, &settings, Arc::new(Metrics::new())).unwrap()
+    }
+
+    async fn until(what: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if what() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("condition never met");
+    }
+
+    #[tokio::test]
+    async fn a_lookup_sleeping_on_retry_after_lets_other_lookups_run() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // `slow/*` answers 429 with `Retry-After: 1` once, then the digest; `fast/*` at once.
+        let slow = Arc::new(AtomicUsize::new(0));
+        let s = slow.clone();
+        let app = axum::Router::new().route(
+            "/v2/{*rest}",
+            axum::routing::any(move |uri: axum::http::Uri| {
+                let s = s.clone();
+                async move {
+                    let limited = uri.path().starts_with("/v2/slow/")
+                        && s.fetch_add(1, Ordering::SeqCst) == 0;
+                    if limited {
+                        (
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "1")],
+                            "",
+                        )
+                    } else {
+                        (
+                            axum::http::StatusCode::OK,
+                            [("docker-content-digest", DIGEST)],
+                            "",
+                        )
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // One permit in the whole process: only a permit given back lets `fast` through.
+        let r = Arc::new(one_at_a_time(&host));
+        let sleeper = {
+            let (r, image) = (
+                r.clone(),
+                ImageRef::parse(&format!("{host}/slow/web:1.0.0")).unwrap(),
+            );
+            tokio::spawn(async move {
+                r.resolve(&image, &scope(Duration::ZERO), soon(), false)
+                    .await
+            })
+        };
+        until(|| slow.load(Ordering::SeqCst) == 1).await;
+        let fast = ImageRef::parse(&format!("{host}/fast/web:1.0.0")).unwrap();
+        let answer = r
+            .resolve(&fast, &scope(Duration::ZERO), soon(), false)
+            .await;
+        assert_eq!(answer.unwrap().digest, DIGEST);
+        assert!(
+            !sleeper.is_finished(),
+            "the other lookup ran while the first slept on Retry-After"
+        );
+        assert_eq!(sleeper.await.unwrap().unwrap().digest, DIGEST);
+        assert_eq!(slow.load(Ordering::SeqCst), 2, "asked again after the wait");
+    }
+
+    #[tokio::test]
+    async fn a_lookup_queued_past_its_deadline_says_so_and_is_not_cached() {
+        use std::sync::atomic::Ordering;
+        let reg = fake_registry(Duration::from_secs(2)).await;
+        let r = Arc::new(one_at_a_time(&reg.host));
+        let first = {
+            let (r, image) = (
+                r.clone(),
+                ImageRef::parse(&format!("{}/shop/web:1.0.0", reg.host)).unwrap(),
+            );
+            tokio::spawn(async move {
+                r.resolve(&image, &scope(Duration::ZERO), soon(), false)
+                    .await
+            })
+        };
+        until(|| reg.requests.load(Ordering::SeqCst) == 1).await;
+        let queued = ImageRef::parse(&format!("{}/shop/api:1.0.0", reg.host)).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let err = r
+            .resolve(&queued, &scope(Duration::ZERO), deadline, false)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "pinhook's lookups to registry {} were all busy for 0.",
+                reg.host
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("(1 in flight, the most per registry)"),
+            "{text}"
+        );
+        assert_eq!(reg.requests.load(Ordering::SeqCst), 1, "never asked");
+        assert_eq!(r.counted_entries().await, 0, "a busy answer is not cached");
+        assert_eq!(first.await.unwrap().unwrap().digest, DIGEST);
+        // Once the permit is free, the same image is looked up.
+        let answer = r
+            .resolve(&queued, &scope(Duration::ZERO), soon(), false)
+            .await;
+        assert_eq!(answer.unwrap().digest, DIGEST);
     }
 }

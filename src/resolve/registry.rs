@@ -21,6 +21,7 @@ pub use super::guard::is_forbidden;
 use super::guard::{self, ForbiddenAddress, Hop, Route};
 use super::host;
 use super::labels::RegistryLabelSet;
+use super::permits::Slot;
 use crate::patterns::Patterns;
 use crate::policy::RegistrySettings;
 
@@ -269,6 +270,7 @@ impl Transport {
         endpoint: &Endpoint,
         q: &Lookup<'_>,
         exchange: &mut Exchange,
+        slot: &mut Slot<'_>,
     ) -> Result<Digest, ResolveError> {
         let Lookup {
             repository,
@@ -388,7 +390,8 @@ impl Transport {
                             if rate_limited <= 3
                                 && w.saturating_add(Duration::from_millis(50)) < remaining =>
                         {
-                            tokio::time::sleep(w).await
+                            // Other lookups run while this one waits.
+                            slot.sleep(w).await?;
                         }
                         _ => {
                             return Err(ResolveError::RateLimited {
@@ -1006,7 +1009,10 @@ mod tests {
             allowed,
             deadline: Instant::now() + Duration::from_secs(5),
         };
-        t.digest(&endpoint, &q, &mut Exchange::default()).await
+        let permits = super::super::permits::Permits::new(1, 1);
+        let mut slot = Slot::acquire(&permits, host, q.deadline).await?;
+        t.digest(&endpoint, &q, &mut Exchange::default(), &mut slot)
+            .await
     }
 
     /// Spellings of "this host" (0.0.0.0 reaches the local host on Linux) are refused by the

@@ -137,7 +137,7 @@ impl InProcess {
             Policy::from_yaml(policy_yaml, "policy.yaml").expect("policy")
         };
         let resolver = Arc::new(FakeResolver::default());
-        let pinner = Pinner::new(resolver.clone(), None, Keyring::default(), 16);
+        let pinner = Pinner::new(resolver.clone(), None, Keyring::default());
         let limits = Limits {
             max_body_bytes: 3 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
