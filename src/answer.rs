@@ -98,15 +98,11 @@ impl<'d> Answer<'d> {
             answer
                 .audit_annotations
                 .insert("mode".to_owned(), mode.to_owned());
+            let (violations, omitted) = audited(decision.findings.iter().map(Violation::of));
             answer.records.push(Entry::Violations {
                 event: outcome.as_str(),
-                violations: decision
-                    .findings
-                    .iter()
-                    .take(AUDIT_ITEMS_MAX)
-                    .map(Violation::of)
-                    .collect(),
-                omitted: decision.findings.len().saturating_sub(AUDIT_ITEMS_MAX),
+                violations,
+                omitted,
             });
             answer.labels.violations = decision
                 .findings
@@ -204,14 +200,15 @@ impl<'d> Answer<'d> {
                     _ => None,
                 })
                 .collect();
+            let (images, omitted) = audited(
+                failed
+                    .iter()
+                    .map(|(t, r, e)| PinnedImage::failed(t, r.label(), e)),
+            );
             self.records.push(Entry::Images {
                 event: "denied",
-                images: failed
-                    .iter()
-                    .take(AUDIT_ITEMS_MAX)
-                    .map(|(t, r, e)| PinnedImage::failed(t, r.label(), e))
-                    .collect(),
-                omitted: failed.len().saturating_sub(AUDIT_ITEMS_MAX),
+                images,
+                omitted,
             });
             self.deny(msg);
             return 0;
@@ -281,26 +278,26 @@ impl<'d> Answer<'d> {
         }
         let warned = rewritten.len() + unpinned.len();
         if !rewritten.is_empty() {
-            let omitted = rewritten.len().saturating_sub(AUDIT_ITEMS_MAX);
+            let (images, omitted) = audited(
+                rewritten
+                    .into_iter()
+                    .map(|(t, r, p)| PinnedImage::pinned(t, r, p)),
+            );
             self.records.push(Entry::Images {
                 event: "pinned",
-                images: rewritten
-                    .into_iter()
-                    .take(AUDIT_ITEMS_MAX)
-                    .map(|(t, r, p)| PinnedImage::pinned(t, r, p))
-                    .collect(),
+                images,
                 omitted,
             });
         }
         if !unpinned.is_empty() {
-            let omitted = unpinned.len().saturating_sub(AUDIT_ITEMS_MAX);
+            let (images, omitted) = audited(
+                unpinned
+                    .into_iter()
+                    .map(|(t, e)| PinnedImage::failed(t, "unpinned", e)),
+            );
             self.records.push(Entry::Images {
                 event: "unpinned",
-                images: unpinned
-                    .into_iter()
-                    .take(AUDIT_ITEMS_MAX)
-                    .map(|(t, e)| PinnedImage::failed(t, "unpinned", e))
-                    .collect(),
+                images,
                 omitted,
             });
         }
@@ -320,6 +317,12 @@ fn listed(first: impl Iterator<Item = String>, total: usize, sep: &str) -> Strin
         out.push_str(&format!("{sep}and {} more", total - LISTED_MAX));
     }
     out
+}
+
+/// The first [`AUDIT_ITEMS_MAX`] items for an audit line, and how many were left out.
+fn audited<T>(items: impl ExactSizeIterator<Item = T>) -> (Vec<T>, usize) {
+    let omitted = items.len().saturating_sub(AUDIT_ITEMS_MAX);
+    (items.take(AUDIT_ITEMS_MAX).collect(), omitted)
 }
 
 /// Whether a resolution failure denies the request: a missing tag always, others when
