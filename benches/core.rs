@@ -45,6 +45,10 @@ fn reference_parsing(c: &mut Criterion) {
         g.bench_function(format!("{name}/uncached"), |b| {
             b.iter(|| ImageRef::parse_uncached(black_box(image)))
         });
+        // The baseline, in the same run: oci-spec's regex parser, which pinhook used before.
+        g.bench_function(format!("{name}/oci-spec"), |b| {
+            b.iter(|| oci_client::Reference::try_from(black_box(image)))
+        });
     }
     g.finish();
 }

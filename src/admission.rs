@@ -358,6 +358,15 @@ pub fn decide(policy: &Policy, object: ObjectRef, view: View<'_>, endpoint: Endp
                 ));
                 continue;
             }
+            // A pod template may leave the image to a later controller; a Pod cannot run without one.
+            ImageField::Unset if changed && view.kind == WorkloadKind::Pod => {
+                findings.push(Finding::new(
+                    &site,
+                    "",
+                    Reason::InvalidReference("the image is empty; a Pod must name one".into()),
+                ));
+                continue;
+            }
             _ => continue,
         };
         let source = match pinning {
@@ -648,6 +657,29 @@ mod tests {
         let req = request(("", "Pod"), "CREATE", obj, Value::Null);
         let d = review(&Policy::default(), &req, Endpoint::Validate);
         assert!(matches!(d.findings[0].reason, Reason::InvalidReference(_)));
+    }
+
+    #[test]
+    fn an_empty_image_is_refused_in_a_pod_but_left_to_controllers_in_a_template() {
+        for image in [json!(""), Value::Null] {
+            let obj = json!({"spec": {"containers": [{"name": "a", "image": image}]}});
+            let req = request(("", "Pod"), "CREATE", obj, Value::Null);
+            let d = review(&Policy::default(), &req, Endpoint::Validate);
+            assert_eq!(d.findings.len(), 1, "{image}");
+            assert!(
+                matches!(&d.findings[0].reason, Reason::InvalidReference(why) if why.contains("empty")),
+                "{:?}",
+                d.findings[0].reason
+            );
+        }
+        let template =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": ""}]}}}});
+        let req = request(("apps", "Deployment"), "CREATE", template, Value::Null);
+        assert!(
+            review(&Policy::default(), &req, Endpoint::Validate)
+                .findings
+                .is_empty()
+        );
     }
 
     #[test]

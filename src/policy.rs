@@ -809,7 +809,7 @@ mod tests {
     #[test]
     fn invalid_reference_is_rejected() {
         assert!(matches!(
-            reason(&Policy::default(), "a", "UPPER/case:1"),
+            reason(&Policy::default(), "a", "upper/Case:1"),
             Some(Reason::InvalidReference(_))
         ));
     }

@@ -211,7 +211,7 @@ async fn invalid_reference_is_denied_quoting_it() {
     );
     assert!(
         msg.contains(
-            r#"image "Shop/API:1.0.0" is not a valid image reference (invalid reference format)"#
+            r#"image "Shop/API:1.0.0" is not a valid image reference (repository name "API" must be lowercase)"#
         ),
         "{msg}"
     );
