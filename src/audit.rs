@@ -229,18 +229,32 @@ pub struct Record<'a, 'e> {
     pub entry: &'e Entry<'e>,
 }
 
-/// Writes each of an answer's `entries` as one JSON line on the audit target.
-pub fn record(entries: &[Entry<'_>], decision: &Decision, info: &RequestInfo) {
+/// Each of an answer's `entries` as one JSON line (without the newline).
+pub fn lines(entries: &[Entry<'_>], decision: &Decision, info: &RequestInfo) -> Vec<String> {
+    let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let record = Record {
             header: Header::new(entry.event(), decision, info),
             entry,
         };
         match serde_json::to_string(&record) {
-            Ok(line) => tracing::info!(target: TARGET, line = line.as_str()),
+            Ok(line) => out.push(line),
             Err(e) => tracing::error!(error = %e, uid = info.uid, "cannot serialize audit record"),
         }
     }
+    out
+}
+
+/// Writes audit lines on the audit target, one event each.
+pub fn write(lines: &[String]) {
+    for line in lines {
+        tracing::info!(target: TARGET, line = line.as_str());
+    }
+}
+
+/// Writes each of an answer's `entries` as one JSON line on the audit target.
+pub fn record(entries: &[Entry<'_>], decision: &Decision, info: &RequestInfo) {
+    write(&lines(entries, decision, info));
 }
 
 /// A tracing layer that writes the `line` field of audit events, unchanged, to its writer.

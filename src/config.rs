@@ -190,6 +190,11 @@ pub struct ServeArgs {
     /// Policy file (YAML); the built-in default applies when absent. Reloaded when it changes.
     #[arg(long, env = "PINHOOK_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Bytes of log lines queued ahead of a slow stdout reader. Beyond half of it, ordinary log
+    /// lines are dropped (and counted); audit lines may use all of it, and a review waits,
+    /// within its deadline, for room for its audit lines.
+    #[arg(long, env = "PINHOOK_LOG_QUEUE_BYTES", default_value_t = crate::logs::DEFAULT_QUEUE_BYTES)]
+    pub log_queue_bytes: usize,
     /// Largest request body accepted; larger ones get 413.
     #[arg(long, env = "PINHOOK_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,

@@ -19,6 +19,7 @@ pub mod drift;
 pub mod duration;
 pub mod idle;
 pub mod krm;
+pub mod logs;
 pub mod manifest;
 pub mod metrics;
 pub mod mutate;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use pinhook::config::{CertArgs, CheckArgs, Cli, Command, LogFormat, PinArgs, ResolveCmdArgs};
+use pinhook::logs::{Flush, LogQueue, Stream};
 use pinhook::{audit, certs, check, policy::Policy, server};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -43,26 +43,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log lines `serve` queues ahead of a slow stdout reader before a request waits for it
-/// (audit records are about 0.5 KiB, so at most ~8 MiB).
-const LOG_QUEUE_LINES: usize = 16_384;
-
 /// Logs to stdout (stderr for the CLI subcommands), JSON by default; audit lines always pass.
 ///
-/// `serve` writes through a queue drained by its own thread, so a slow log reader does not
-/// hold a request while the queue has room, and no line is dropped: when the queue is full a
-/// request waits. The returned guard writes out what is queued when dropped.
-fn init_logging(cli: &Cli) -> anyhow::Result<Option<WorkerGuard>> {
+/// `serve` writes through a queue bounded in bytes and drained by its own thread
+/// (`pinhook::logs`), so a slow or stalled log reader never holds a runtime worker. The returned
+/// guard writes out what is queued when dropped (waiting a few seconds at most).
+fn init_logging(cli: &Cli) -> anyhow::Result<Option<Flush>> {
     let filter = EnvFilter::try_new(format!("{},{}=off", cli.log_level, audit::TARGET))
         .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?;
-    if matches!(cli.command, Command::Serve(_)) {
-        let (stdout, guard) = NonBlockingBuilder::default()
-            .lossy(false)
-            .buffered_lines_limit(LOG_QUEUE_LINES)
-            .thread_name("pinhook-log")
-            .finish(std::io::stdout());
-        install_logging(cli.log_format, filter, stdout.clone(), stdout)?;
-        Ok(Some(guard))
+    if let Command::Serve(args) = &cli.command {
+        let (queue, flush) = LogQueue::start(args.log_queue_bytes, std::io::stdout())
+            .context("cannot start the log writer thread")?;
+        pinhook::logs::install(queue.clone());
+        install_logging(
+            cli.log_format,
+            filter,
+            queue.writer(Stream::Log),
+            queue.writer(Stream::Audit),
+        )?;
+        Ok(Some(flush))
     } else {
         install_logging(cli.log_format, filter, std::io::stderr, std::io::stdout)?;
         Ok(None)

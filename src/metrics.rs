@@ -56,6 +56,13 @@ pub struct RegistryLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of dropped log lines.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// `audit` or `log`.
+    pub stream: &'static str,
+}
+
 /// Labels of a pinning result.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PinLabels {
@@ -100,6 +107,10 @@ pub struct Metrics {
     pub resolution_duration: Histogram,
     /// Images handled by /mutate, by result.
     pub pins: Family<PinLabels, Counter>,
+    /// Bytes of log lines waiting for the log reader, set when scraped.
+    pub log_queue_bytes: Gauge,
+    /// Log lines dropped because the log queue was full, by stream, set when scraped.
+    pub log_lines_dropped: Family<StreamLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -185,8 +196,22 @@ impl Metrics {
             "Images handled by /mutate, by result",
             pins.clone(),
         );
+        let log_queue_bytes = Gauge::default();
+        registry.register(
+            "log_queue_bytes",
+            "Bytes of log lines waiting for the log reader",
+            log_queue_bytes.clone(),
+        );
+        let log_lines_dropped = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log queue was full, by stream (audit or log)",
+            log_lines_dropped.clone(),
+        );
         policy_valid.set(1);
         Self {
+            log_queue_bytes,
+            log_lines_dropped,
             cache,
             cache_entries,
             registry_requests,
@@ -226,6 +251,18 @@ impl Metrics {
     /// Counts one digest cache lookup.
     pub fn cache_lookup(&self, result: &'static str) {
         self.cache.get_or_create(&CacheLabels { result }).inc();
+    }
+
+    /// Copies the log queue's figures into the metrics (when scraped).
+    pub fn set_log_stats(&self, stats: crate::logs::Stats) {
+        self.log_queue_bytes
+            .set(i64::try_from(stats.queued_bytes).unwrap_or(i64::MAX));
+        for (stream, total) in [("audit", stats.dropped_audit), ("log", stats.dropped_log)] {
+            let counter = self
+                .log_lines_dropped
+                .get_or_create(&StreamLabels { stream });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -197,6 +197,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .cache_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
+    if let Some(queue) = crate::logs::installed() {
+        state.metrics().set_log_stats(queue.stats());
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -445,7 +448,20 @@ async fn handle(
         .into_owned(),
         dry_run: req.dry_run,
     };
-    audit::record(&answer.records, &decision, &info);
+    let lines = audit::lines(&answer.records, &decision, &info);
+    if !lines.is_empty()
+        && let Some(queue) = crate::logs::installed()
+    {
+        // Room for the audit lines in the log queue, waited for without holding a worker; when
+        // the log reader stalls past the deadline they are dropped and counted, and the answer
+        // (whose audit annotations the API server records) still goes out.
+        let bytes = lines.iter().map(|l| l.len() + 1).sum();
+        let until = start
+            .checked_add(deadline.saturating_sub(state.inner.deadline_margin))
+            .unwrap_or_else(|| start + MAX_REQUEST_TIMEOUT);
+        queue.room_for(bytes, until).await;
+    }
+    audit::write(&lines);
     let body = match review_json(&req.uid, &answer) {
         Ok(b) => b,
         Err(e) => {
@@ -805,11 +821,6 @@ async fn shutdown_signal() {
 
 /// Runs `pinhook serve` until SIGTERM, then drains in-flight requests.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    // oci-spec compiles its reference grammar on first use (~40 ms): on another thread, while
-    // the policy and certificate load, so neither start-up nor the first admission waits for it.
-    let grammar = tokio::task::spawn_blocking(|| {
-        let _ = crate::reference::ImageRef::parse_uncached("pinhook/warm-up:1");
-    });
     let (policy_watch, policy) = match &args.policy {
         Some(path) => {
             // The baseline is read before the policy, so a change in between is seen later, not lost.
@@ -940,7 +951,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             .into_future(),
     );
 
-    let _ = grammar.await;
     state.set_ready(true);
     tracing::info!(
         listen = %webhook_addr,

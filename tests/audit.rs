@@ -253,3 +253,107 @@ async fn a_stalled_stdout_reader_holds_no_admission_and_loses_no_audit_line() {
     .unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_reader_stalled_past_the_queue_starves_no_health_check_and_drops_are_counted() {
+    const N: usize = 200;
+    let mut server = Pinhook::start_with(Options {
+        hold_stdout: true,
+        args: vec!["--log-queue-bytes".into(), "65536".into()],
+        ..Default::default()
+    });
+    // HTTP/1.1: one connection per request in flight, none queued behind another's stream.
+    let client = server.client(Http::V1);
+    let ops = reqwest::Client::new();
+    let url = server.url("/validate?timeout=2s");
+    // Ten offending containers: audit lines of a few KiB, so that a handful fill the queue.
+    let mut review = fixture("pod_mutable_latest_tag");
+    let containers: Vec<Value> = (0..10)
+        .map(|i| json!({"name": format!("c{i}"), "image": format!("registry.example/team/app-{i}:latest")}))
+        .collect();
+    review["request"]["object"]["spec"]["containers"] = json!(containers);
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(160));
+    for i in 0..N {
+        let (client, url) = (client.clone(), url.clone());
+        let mut r = review.clone();
+        r["request"]["uid"] = json!(format!("overflow-{i:04}"));
+        let in_flight = in_flight.clone();
+        tasks.spawn(async move {
+            let _slot = in_flight.acquire().await.unwrap();
+            let resp =
+                tokio::time::timeout(Duration::from_secs(3), client.post(&url).json(&r).send())
+                    .await
+                    .unwrap_or_else(|_| panic!("admission {i} outlived its 2 s timeout"))
+                    .expect("request");
+            assert_eq!(resp.status(), 200, "admission {i}");
+        });
+    }
+    // While reviews wait for room, health checks answer at once.
+    let mut slowest = Duration::ZERO;
+    while !tasks.is_empty() {
+        let probe = std::time::Instant::now();
+        let health = tokio::time::timeout(
+            Duration::from_secs(1),
+            ops.get(server.ops_url("/healthz")).send(),
+        )
+        .await
+        .expect("/healthz answered within 1 s")
+        .expect("healthz");
+        assert_eq!(health.status(), 200);
+        slowest = slowest.max(probe.elapsed());
+        tokio::select! {
+            joined = tasks.join_next() => { joined.unwrap().unwrap(); }
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let metrics = ops
+        .get(server.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    let dropped = value("pinhook_log_lines_dropped_total{stream=\"audit\"}");
+    let queued = value("pinhook_log_queue_bytes");
+    assert!(
+        dropped > 0.0,
+        "{N} records of ~1 KiB fit a 64 KiB queue and a pipe? {metrics}"
+    );
+    assert!(queued <= 65536.0, "queue holds {queued} bytes");
+
+    // The reader reads again: what was kept arrives whole, and only the dropped ones are missing.
+    server.read_stdout();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("overflow-"))
+        .inspect(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert_eq!(v["event"], "admission.denied");
+        })
+        .count();
+    assert_eq!(
+        written + dropped as usize,
+        N,
+        "{written} written, {dropped} dropped"
+    );
+    eprintln!("slowest /healthz while stalled: {slowest:?}; {written} written, {dropped} dropped");
+}
