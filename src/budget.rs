@@ -1,14 +1,26 @@
-//! A process-wide budget of request-body bytes in flight (`--max-inflight-body-bytes`).
+//! A process-wide budget of request and answer bytes in flight (`--max-inflight-body-bytes`).
 //!
 //! Parsing an AdmissionReview costs 25 to 40 times its size in memory, so the bytes being read
 //! and parsed at once are what bounds pinhook's memory. A request reserves its bytes before its
-//! body is read and holds them until it is answered. Unlike a FIFO semaphore, a waiting large
-//! request never holds back smaller ones that fit: any request whose bytes fit goes ahead.
+//! body is read and holds them until its answer has been handed to the connection: the answer
+//! ([`HeldBody`]) covers its own size too and goes out in frames, so an answer a client does not
+//! read (an HTTP/2 receive window never opened) holds budget beyond the connection's own buffer
+//! for the stream, not unbounded memory. Unlike a FIFO semaphore, a waiting large request never
+//! holds back smaller ones that fit: any request whose bytes fit goes ahead.
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use tokio::sync::Notify;
+
+/// Largest frame an answer is handed to the connection in: hyper asks for the next one only
+/// when the stream has room, so the unsent rest of an unread answer stays here, counted.
+pub const ANSWER_FRAME_BYTES: usize = 16 * 1024;
 
 /// Bytes of request bodies in flight, shared by every request.
 #[derive(Debug)]
@@ -116,6 +128,67 @@ impl BodyBudget {
     }
 }
 
+impl Reservation {
+    /// Grows the reservation to `bytes` (an answer larger than its request) without waiting:
+    /// the bytes exist already; requests that come after wait for them instead.
+    pub fn cover(&mut self, bytes: u64) {
+        if bytes <= self.bytes {
+            return;
+        }
+        let extra = bytes - self.bytes;
+        *self.budget.used.lock().unwrap_or_else(|e| e.into_inner()) += extra;
+        self.bytes = bytes;
+    }
+}
+
+/// An answer's bytes, handed out in frames of at most [`ANSWER_FRAME_BYTES`], holding the
+/// request's reservation until the last frame is taken (or the answer is dropped unsent).
+#[derive(Debug)]
+pub struct HeldBody {
+    data: Bytes,
+    reservation: Option<Reservation>,
+}
+
+impl HeldBody {
+    /// `data`, with `reservation` grown to cover it.
+    pub fn new(data: Bytes, mut reservation: Reservation) -> Self {
+        reservation.cover(data.len() as u64);
+        Self {
+            data,
+            reservation: Some(reservation),
+        }
+    }
+}
+
+impl http_body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.data.is_empty() {
+            self.reservation = None;
+            return Poll::Ready(None);
+        }
+        let n = self.data.len().min(ANSWER_FRAME_BYTES);
+        let frame = self.data.split_to(n);
+        if self.data.is_empty() {
+            self.reservation = None;
+        }
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.len() as u64)
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         {
@@ -129,6 +202,28 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_answer_holds_its_bytes_until_its_last_frame_is_taken() {
+        use http_body_util::BodyExt;
+        let budget = BodyBudget::new(1 << 20);
+        let r = budget.reserve(1_000, Duration::ZERO).await.unwrap();
+        let mut body = HeldBody::new(Bytes::from(vec![7u8; 40_000]), r);
+        assert_eq!(budget.in_use(), 40_000, "the answer is larger than its request");
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), ANSWER_FRAME_BYTES);
+        assert_eq!(budget.in_use(), 40_000, "held while frames remain");
+        let mut rest = first.len();
+        while let Some(frame) = body.frame().await {
+            rest += frame.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(rest, 40_000);
+        assert_eq!(budget.in_use(), 0, "released with the last frame");
+        // An answer dropped unsent releases its bytes too.
+        let r = budget.reserve(10, Duration::ZERO).await.unwrap();
+        drop(HeldBody::new(Bytes::from_static(b"x"), r));
+        assert_eq!(budget.in_use(), 0);
+    }
 
     #[tokio::test]
     async fn reservations_wait_for_released_bytes_and_time_out() {

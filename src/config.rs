@@ -73,6 +73,10 @@ pub struct RegistryArgs {
     /// Most digests kept in the cache.
     #[arg(long, env = "PINHOOK_CACHE_MAX_ENTRIES", default_value_t = 100_000)]
     pub cache_max_entries: u64,
+    /// Most bytes the digest cache may hold (keys, digests and remembered errors, estimated);
+    /// least-used entries leave first.
+    #[arg(long, env = "PINHOOK_CACHE_MAX_BYTES", default_value_t = crate::resolve::DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: u64,
     /// Most registry lookups in flight at once, across the process.
     #[arg(long, env = "PINHOOK_MAX_CONCURRENT_RESOLUTIONS", default_value_t = 16)]
     pub max_concurrent_resolutions: usize,
@@ -93,6 +97,7 @@ impl RegistryArgs {
             ttl: self.cache_ttl,
             negative_ttl: self.cache_negative_ttl,
             max_entries: self.cache_max_entries,
+            max_bytes: self.cache_max_bytes,
             max_concurrent: self.max_concurrent_resolutions,
             max_concurrent_per_registry: self.max_concurrent_resolutions_per_registry,
         }

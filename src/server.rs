@@ -26,7 +26,7 @@ use crate::admission::{self, Endpoint};
 use crate::answer::{Answer, TEXT_MAX_CHARS};
 use crate::audit::{self, RequestInfo};
 use crate::bootstrap::{self, Bootstrap, BootstrapError, Material};
-use crate::budget::BodyBudget;
+use crate::budget::{BodyBudget, HeldBody};
 use crate::config::ServeArgs;
 use crate::duration::parse_duration;
 use crate::idle::IdleAcceptor;
@@ -405,7 +405,7 @@ async fn handle(
         Ok((parse_review(&bytes)?, reservation))
     }
     .await;
-    let (req, _reservation) = match result {
+    let (req, reservation) = match result {
         Ok(ok) => ok,
         Err(bad) => {
             tracing::warn!(endpoint = endpoint.as_str(), status = bad.status.as_u16(), error = %bad.message, "rejected malformed admission request");
@@ -477,12 +477,14 @@ async fn handle(
         &answer.labels,
         start.elapsed().as_secs_f64(),
     );
+    // The answer keeps the request's reserved bytes (grown to its own size) until the connection
+    // has taken its last frame: an answer the client does not read stays counted.
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body,
+        Body::new(HeldBody::new(body.into(), reservation)),
     )
         .into_response()
 }

@@ -324,6 +324,104 @@ async fn bodies_in_flight_are_bounded_and_the_excess_gets_503_within_the_deadlin
     assert_eq!(status, 400, "{text}");
 }
 
+/// An HTTP/2 connection whose streams never open their receive window: answers cannot be sent.
+async fn unread_http2(server: &Pinhook) -> hyper::client::conn::http2::SendRequest<String> {
+    use rustls::pki_types::pem::PemObject;
+    common::init_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(server.ca_pem.as_bytes()).unwrap();
+    roots.add(ca).unwrap();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(1)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+#[tokio::test]
+async fn an_answer_the_client_never_reads_keeps_its_bytes_counted() {
+    use common::registry::{Registry, TestImage};
+    let registry = Registry::plain();
+    registry.push("big/app", "1.0.0", &TestImage::single("unread-answer"));
+    let host = registry.host.clone();
+    let server = Pinhook::start_with(Options {
+        policy: Some(format!(
+            "registries:\n  - host: {host}\n    insecure: true\n"
+        )),
+        args: vec![
+            "--max-body-bytes".into(),
+            "100000".into(),
+            "--max-inflight-body-bytes".into(),
+            "250000".into(),
+        ],
+        ..Default::default()
+    });
+    // 700 containers of one image: a ~50 KB review whose answer, a patch pinning each, is
+    // ~200 KB, more than the connection buffers for a stream (64 KiB).
+    let mut review = fixture("pod_version_tags");
+    let containers: Vec<Value> = (0..700)
+        .map(|i| json!({"name": format!("c{i}"), "image": format!("{host}/big/app:1.0.0")}))
+        .collect();
+    review["request"]["object"]["spec"]["containers"] = json!(containers);
+    review["request"]["object"]["spec"]["initContainers"] = json!([]);
+    let body = serde_json::to_string(&review).unwrap();
+    assert!(body.len() < 100_000, "{}", body.len());
+    let mut unread = unread_http2(&server).await;
+    let request = hyper::Request::post(server.url("/mutate?timeout=10s"))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(10), unread.send_request(request))
+        .await
+        .expect("the answer's headers arrive")
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    let length: usize = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(length > 150_000, "the patch is {length} bytes");
+    // The unsent part of the answer stays counted: 100,000 more bytes do not fit.
+    let started = Instant::now();
+    let (status, text) = post_with_timeout(&server, vec![b' '; 99_000], "1s").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("did not become free within 1s"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Once that connection goes, the bytes are free again.
+    drop(head);
+    drop(unread);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, text) = post_with_timeout(&server, vec![b' '; 99_000], "1s").await;
+    assert_eq!(status, 400, "{text}");
+}
+
+async fn post_with_timeout(server: &Pinhook, body: Vec<u8>, timeout: &str) -> (u16, String) {
+    let resp = server
+        .client(Http::V2)
+        .post(server.url(&format!("/validate?timeout={timeout}")))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
 #[test]
 fn an_inflight_budget_below_the_body_limit_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -192,6 +192,8 @@ pub struct ResolverSettings {
     pub negative_ttl: Duration,
     /// Most entries kept.
     pub max_entries: u64,
+    /// Most bytes the entries may take, as [`entry_weight`] estimates them.
+    pub max_bytes: u64,
     /// Most registry lookups in flight at once, across the process.
     pub max_concurrent: usize,
     /// Most registry lookups in flight at once to one registry host.
@@ -205,6 +207,7 @@ impl Default for ResolverSettings {
             ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(15),
             max_entries: 100_000,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
             max_concurrent: 16,
             max_concurrent_per_registry: 4,
         }
@@ -257,6 +260,24 @@ const LAST_GOOD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Cache keys: `registry/repository:tag|credentials`.
 type Key = Arc<str>;
+
+/// Default bytes the digest cache may hold (`--cache-max-bytes`): 32 MiB, about 100,000 entries
+/// of ordinary length.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What an entry costs besides its key and error text: moka's node, expiry and frequency
+/// bookkeeping and the key's `Arc`, rounded up.
+const ENTRY_OVERHEAD_BYTES: usize = 160;
+
+/// The bytes one cache entry takes, estimated: its key (an image string an attacker may make
+/// long), the value, and the text of a remembered error.
+fn entry_weight(key: &Key, value: &Cached) -> u64 {
+    let error = match &value.result {
+        Ok(_) => 0,
+        Err(e) => e.to_string().len(),
+    };
+    (key.len() + std::mem::size_of::<Cached>() + error + ENTRY_OVERHEAD_BYTES) as u64
+}
 
 /// How long moka keeps an entry: a digest for [`LAST_GOOD_MAX_AGE`] (it is re-resolved after
 /// the TTL, but kept for outages until then), an error for the negative TTL unless it carries a
@@ -364,10 +385,17 @@ impl Resolver {
         settings: &ResolverSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RegistryConfigError> {
+        let floor = settings.max_bytes / settings.max_entries.max(1);
         Ok(Self {
             transport: ArcSwap::from_pointee(Transport::new(registries, settings.call_timeout)?),
             cache: moka::future::Cache::builder()
-                .max_capacity(settings.max_entries)
+                // Bounded in bytes; each entry weighs at least max_bytes / max_entries, so the
+                // count stays within max_entries too.
+                .weigher(move |key: &Key, value: &Cached| {
+                    let weight = entry_weight(key, value).max(floor);
+                    u32::try_from(weight).unwrap_or(u32::MAX)
+                })
+                .max_capacity(settings.max_bytes)
                 .expire_after(CacheExpiry {
                     negative_ttl: settings.negative_ttl,
                 })
@@ -753,6 +781,47 @@ mod tests {
         // ...and refreshes it for everyone else.
         r.resolve(&image, &s, soon(), false).await.unwrap();
         assert_eq!(reg.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_in_bytes_and_in_entries() {
+        let reg = fake_registry(Duration::ZERO).await;
+        let bounded = |max_entries: u64, max_bytes: u64| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let registries = [RegistrySettings {
+                host: reg.host.clone(),
+                insecure: true,
+                ..Default::default()
+            }];
+            let settings = ResolverSettings {
+                max_entries,
+                max_bytes,
+                ..Default::default()
+            };
+            Resolver::new(&registries, &settings, Arc::new(Metrics::new())).unwrap()
+        };
+        // 400 tags of 230-character repositories: ~200 KiB of entries, for a 64 KiB cache.
+        let long = "long-repository-name-".repeat(11);
+        let by_bytes = bounded(100_000, 64 * 1024);
+        let by_count = bounded(10, DEFAULT_CACHE_MAX_BYTES);
+        for i in 0..400 {
+            let image = ImageRef::parse(&format!("{}/{long}{i}:1.0.0", reg.host)).unwrap();
+            for r in [&by_bytes, &by_count] {
+                r.resolve(&image, &scope(Duration::ZERO), soon(), false)
+                    .await
+                    .unwrap();
+            }
+        }
+        by_bytes.cache.run_pending_tasks().await;
+        by_count.cache.run_pending_tasks().await;
+        let (bytes, kept) = (by_bytes.cache.weighted_size(), by_bytes.cache.entry_count());
+        assert!(bytes <= 64 * 1024, "{bytes} bytes held");
+        assert!((100..400).contains(&kept), "{kept} entries kept");
+        assert!(
+            by_count.cache.entry_count() <= 10,
+            "{}",
+            by_count.cache.entry_count()
+        );
     }
 
     #[tokio::test]
