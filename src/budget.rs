@@ -209,7 +209,11 @@ mod tests {
         let budget = BodyBudget::new(1 << 20);
         let r = budget.reserve(1_000, Duration::ZERO).await.unwrap();
         let mut body = HeldBody::new(Bytes::from(vec![7u8; 40_000]), r);
-        assert_eq!(budget.in_use(), 40_000, "the answer is larger than its request");
+        assert_eq!(
+            budget.in_use(),
+            40_000,
+            "the answer is larger than its request"
+        );
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first.len(), ANSWER_FRAME_BYTES);
         assert_eq!(budget.in_use(), 40_000, "held while frames remain");

@@ -158,8 +158,8 @@ pub struct ResolveCmdArgs {
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
 
 /// Default `--max-inflight-body-bytes` (5 MiB): one maximum-size body and 1.5 MiB of ordinary
-/// reviews at once. Parsing costs up to ~40 times the body (a 3 MiB Pod peaked at 142 MiB), so
-/// this keeps the worst case near 25 + 5 × 40 = 225 MiB, under the chart's 256 MiB limit.
+/// reviews at once. Parsing costs up to ~60 times the body (the densest JSON), so
+/// this keeps the worst case measured by tests/resource_bounds.rs under the chart's limit.
 pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: usize = 5 * 1024 * 1024;
 
 /// Flags of `pinhook serve`.
@@ -195,6 +195,11 @@ pub struct ServeArgs {
     /// Policy file (YAML); the built-in default applies when absent. Reloaded when it changes.
     #[arg(long, env = "PINHOOK_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Most webhook connections open at once; a further one waits (before its TLS handshake)
+    /// up to --request-timeout for one to close, then is closed. The API server multiplexes
+    /// its calls over a few HTTP/2 connections.
+    #[arg(long, env = "PINHOOK_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_connections: u64,
     /// Bytes of log lines queued ahead of a slow stdout reader. Beyond half of it, ordinary log
     /// lines are dropped (and counted); audit lines may use all of it, and a review waits,
     /// within its deadline, for room for its audit lines.

@@ -1,6 +1,7 @@
 //! Closes a webhook connection (HTTP/1.1 or HTTP/2) on which no request has been in flight for
 //! the idle timeout. HTTP/2 pings and window updates do not count as activity, so a client that
-//! only keeps a connection alive, or never reads its answers, is cut as well.
+//! only keeps a connection alive, or never reads its answers, is cut as well. Also caps the
+//! connections open at once (`--max-connections`): each holds one permit for its life.
 
 use std::future::Future;
 use std::io;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 /// Requests in flight on one connection, and when the last one ended.
@@ -41,12 +43,24 @@ impl Activity {
 pub struct IdleAcceptor<A> {
     inner: A,
     timeout: Duration,
+    open: Option<(Arc<Semaphore>, Duration)>,
 }
 
 impl<A> IdleAcceptor<A> {
     /// Connections accepted by `inner`, closed after `timeout` idle.
     pub fn new(inner: A, timeout: Duration) -> Self {
-        Self { inner, timeout }
+        Self {
+            inner,
+            timeout,
+            open: None,
+        }
+    }
+
+    /// At most `max` connections open at once; a further one waits up to `wait` for another to
+    /// close (before its TLS handshake, holding only its socket), then is closed.
+    pub fn with_max_connections(mut self, max: usize, wait: Duration) -> Self {
+        self.open = Some((Arc::new(Semaphore::new(max)), wait));
+        self
     }
 }
 
@@ -62,7 +76,22 @@ where
     fn accept(&self, stream: I, service: S) -> Self::Future {
         let accepted = self.inner.accept(stream, service);
         let timeout = self.timeout;
+        let open = self.open.clone();
         Box::pin(async move {
+            let permit = match open {
+                None => None,
+                Some((permits, wait)) => {
+                    match tokio::time::timeout(wait, permits.acquire_owned()).await {
+                        Ok(Ok(permit)) => Some(permit),
+                        _ => {
+                            tracing::warn!(
+                                "too many webhook connections open (--max-connections); closing a new one"
+                            );
+                            return Err(io::Error::other("too many connections"));
+                        }
+                    }
+                }
+            };
             let (stream, service) = accepted.await?;
             let activity = Arc::new(Activity {
                 in_flight: AtomicUsize::new(0),
@@ -73,6 +102,7 @@ where
                 activity: activity.clone(),
                 timeout,
                 sleep: Box::pin(tokio::time::sleep(timeout)),
+                _open: permit,
             };
             Ok((
                 stream,
@@ -92,6 +122,8 @@ pub struct IdleStream<T> {
     activity: Arc<Activity>,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
+    /// The connection's place under `--max-connections`, given back when it closes.
+    _open: Option<OwnedSemaphorePermit>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleStream<T> {

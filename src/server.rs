@@ -305,26 +305,72 @@ fn parse_review(bytes: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRequ
         status: StatusCode::BAD_REQUEST,
         message,
     };
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(bytes).map_err(|e| {
-        if e.is_data() {
-            bad(format!("body is not an AdmissionReview: {e}"))
-        } else {
-            bad(format!("body is not valid JSON: {e}"))
+    let not_a_review = |e: serde_json::Error| bad(format!("body is not an AdmissionReview: {e}"));
+    // One tree of the whole body. Deserializing `AdmissionReview<DynamicObject>` straight from
+    // the bytes built it twice at once: DynamicObject flattens its fields, and serde buffers a
+    // flattened struct's content in a tree of its own before building the value.
+    let mut root: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("body is not valid JSON: {e}")))?;
+    // The objects are moved out of that tree, not copied; the small rest is read by serde.
+    let mut take = |field: &str| {
+        let slot = root.get_mut("request")?.as_object_mut()?;
+        if !slot.get(field)?.is_object() {
+            return None; // left in place, for serde's message naming the wrong type
         }
-    })?;
+        slot.remove(field)
+    };
+    let (object, old_object) = (take("object"), take("oldObject"));
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_value(root).map_err(not_a_review)?;
     if review.types.api_version != META_API_VERSION_V1 || review.types.kind != META_KIND {
         return Err(bad(format!(
             "unsupported review {}/{}; pinhook speaks {META_API_VERSION_V1}/{META_KIND}",
             review.types.api_version, review.types.kind
         )));
     }
-    let req: AdmissionRequest<DynamicObject> = review
+    let mut req: AdmissionRequest<DynamicObject> = review
         .try_into()
         .map_err(|_| bad("AdmissionReview has no request".into()))?;
     if req.uid.is_empty() {
         return Err(bad("AdmissionReview request has an empty uid".into()));
     }
+    if let Some(object) = object {
+        req.object = Some(dynamic_object(object).map_err(not_a_review)?);
+    }
+    if let Some(object) = old_object {
+        req.old_object = Some(dynamic_object(object).map_err(not_a_review)?);
+    }
     Ok(req)
+}
+
+/// A JSON object as kube's `DynamicObject`: `apiVersion` and `kind`, `metadata`, and the rest as
+/// its data, as DynamicObject's own (flattened) deserialization splits it.
+fn dynamic_object(value: serde_json::Value) -> Result<DynamicObject, serde_json::Error> {
+    let serde_json::Value::Object(mut fields) = value else {
+        return serde_json::from_value(value);
+    };
+    let metadata = match fields.remove("metadata") {
+        Some(m) => serde_json::from_value(m)?,
+        None => Default::default(),
+    };
+    let both_strings = [fields.get("apiVersion"), fields.get("kind")]
+        .iter()
+        .all(|v| matches!(v, Some(serde_json::Value::String(_))));
+    let types = both_strings.then(|| {
+        let mut text = |key: &str| match fields.remove(key) {
+            Some(serde_json::Value::String(s)) => s,
+            _ => String::new(),
+        };
+        kube::core::TypeMeta {
+            api_version: text("apiVersion"),
+            kind: text("kind"),
+        }
+    });
+    Ok(DynamicObject {
+        types,
+        metadata,
+        data: serde_json::Value::Object(fields),
+    })
 }
 
 /// The longest `?timeout=` honoured: the API server's own maximum for a webhook call (30 s);
@@ -932,6 +978,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 tls.acceptor(axum_server::accept::NoDelayAcceptor::new()),
                 args.idle_timeout,
             )
+            .with_max_connections(args.max_connections as usize, args.request_timeout)
         })
         .handle(handle.clone())
         .first_request_timeout(args.request_timeout);

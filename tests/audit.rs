@@ -274,7 +274,8 @@ async fn a_log_reader_stalled_past_the_queue_starves_no_health_check_and_drops_a
     review["request"]["object"]["spec"]["containers"] = json!(containers);
     let started = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(160));
+    // Under --max-connections (64): each request in flight has a connection of its own.
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(48));
     for i in 0..N {
         let (client, url) = (client.clone(), url.clone());
         let mut r = review.clone();

@@ -422,6 +422,47 @@ async fn post_with_timeout(server: &Pinhook, body: Vec<u8>, timeout: &str) -> (u
     (status, resp.text().await.unwrap())
 }
 
+#[tokio::test]
+async fn connections_past_the_cap_wait_then_are_closed_and_the_cap_frees_with_them() {
+    let server = Pinhook::start_with(Options {
+        args: vec![
+            "--max-connections".into(),
+            "1".into(),
+            "--request-timeout".into(),
+            "1s".into(),
+        ],
+        ..Default::default()
+    });
+    // One connection holds the only place: its body trickles.
+    let mut slow = server.raw_tls(Duration::from_secs(10));
+    slow.write_all(
+        b"POST /validate?timeout=20s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    slow.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let refused = server
+        .client(Http::V2)
+        .post(server.url("/validate"))
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a second connection was served: {refused:?}"
+    );
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(5)).contains(&started.elapsed()),
+        "closed after {:?}, not after waiting --request-timeout",
+        started.elapsed()
+    );
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = post(&server, Http::V2, b"{}".to_vec()).await;
+    assert_eq!(status, 400, "served once the first connection closed");
+}
+
 #[test]
 fn an_inflight_budget_below_the_body_limit_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -305,6 +305,11 @@ impl Pinhook {
             .unwrap()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Every stdout line so far.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
