@@ -83,6 +83,30 @@ pub struct RegistryArgs {
         default_value_t = 4
     )]
     pub max_concurrent_resolutions_per_registry: usize,
+    /// Connect to a registry host at a fixed address instead of its DNS answer, as
+    /// `NAME=IP:PORT` (repeatable, or comma-separated): split-horizon DNS, a TLS-inspecting proxy
+    /// reached by address. TLS still verifies NAME's certificate, the port is used when the URL
+    /// names none, and the SSRF guard judges the address like a DNS answer.
+    #[arg(long = "registry-address", env = "PINHOOK_REGISTRY_ADDRESSES", value_delimiter = ',', value_parser = parse_registry_address)]
+    pub registry_addresses: Vec<(String, SocketAddr)>,
+}
+
+/// Parses `NAME=IP:PORT` of `--registry-address`.
+fn parse_registry_address(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=IP:PORT"))?;
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() || name.contains([':', '/', '[']) {
+        return Err(format!(
+            "{s:?}: NAME must be a host name without port, e.g. registry-1.docker.io"
+        ));
+    }
+    let addr: SocketAddr = addr
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: {addr:?} is not IP:PORT ({e})"))?;
+    Ok((name, addr))
 }
 
 impl RegistryArgs {
@@ -95,6 +119,7 @@ impl RegistryArgs {
             max_entries: self.cache_max_entries,
             max_concurrent: self.max_concurrent_resolutions,
             max_concurrent_per_registry: self.max_concurrent_resolutions_per_registry,
+            addresses: self.registry_addresses.iter().cloned().collect(),
         }
     }
 
