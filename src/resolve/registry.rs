@@ -783,8 +783,8 @@ impl Transport {
             return Err(ResolveError::Invalid {
                 registry: realm_host,
                 detail: format!(
-                    "token response is larger than {} KiB",
-                    TOKEN_MAX_BYTES / 1024
+                    "token response is larger than {} MiB",
+                    TOKEN_MAX_BYTES / (1024 * 1024)
                 ),
             });
         }
