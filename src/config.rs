@@ -414,4 +414,36 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn registry_addresses_are_name_equals_ip_and_port() {
+        let cli = Cli::try_parse_from([
+            "pinhook",
+            "resolve",
+            "--registry-address",
+            "Registry-1.Docker.IO=127.0.0.1:5443,auth.docker.io=[::1]:8443",
+            "--registry-address=quay.io.=10.0.0.7:443",
+            "quay.io/a/b:1",
+        ])
+        .unwrap();
+        let Command::Resolve(args) = cli.command else {
+            panic!("not resolve");
+        };
+        let addresses = args.registry.resolver_settings().addresses;
+        assert_eq!(addresses.len(), 3);
+        assert_eq!(
+            addresses["registry-1.docker.io"],
+            "127.0.0.1:5443".parse().unwrap()
+        );
+        assert_eq!(addresses["auth.docker.io"], "[::1]:8443".parse().unwrap());
+        assert_eq!(addresses["quay.io"], "10.0.0.7:443".parse().unwrap());
+        for bad in [
+            "quay.io",
+            "quay.io=10.0.0.7",
+            "quay.io:443=10.0.0.7:443",
+            "=1.2.3.4:5",
+        ] {
+            assert!(parse_registry_address(bad).is_err(), "{bad}");
+        }
+    }
 }

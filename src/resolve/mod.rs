@@ -219,6 +219,11 @@ impl ResolveError {
         }
     }
 
+    /// Whether an `Unauthorized` error carries a reason.
+    fn has_reason(&self) -> bool {
+        matches!(self, Self::Unauthorized { reason, .. } if !reason.is_empty())
+    }
+
     /// An `Unauthorized` error listing `tried` as the credentials tried; others unchanged.
     fn with_tried(self, tried: String) -> Self {
         match self {
@@ -702,10 +707,15 @@ impl Resolver {
                 tried.push(credential.map_or_else(|| "anonymous".to_owned(), |c| c.source.clone()));
                 match r {
                     Err(e @ ResolveError::Unauthorized { .. }) => {
-                        // The first refusal (of the most specific credential) says the most; an
-                        // anonymous retry's "authentication required" must not hide it.
+                        // The first refusal with a reason (of the most specific credential)
+                        // says the most; an anonymous retry's "authentication required" must
+                        // not hide it.
                         let first = match result.take() {
-                            Some(Err(f @ ResolveError::Unauthorized { .. })) => f,
+                            Some(Err(f @ ResolveError::Unauthorized { .. }))
+                                if f.has_reason() || !e.has_reason() =>
+                            {
+                                f
+                            }
                             _ => e,
                         };
                         result = Some(Err(first.with_tried(tried.join(", "))));
