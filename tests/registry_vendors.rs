@@ -781,6 +781,44 @@ fn an_identity_token_at_a_token_service_without_post_is_refused_with_the_reason(
     );
 }
 
+/// An OAuth2 token service refuses an expired refresh token with `400 invalid_grant`
+/// (RFC 6749 5.2): the credential is refused in its words, not reported as a broken registry.
+#[test]
+fn an_expired_identity_token_is_refused_in_the_token_services_words() {
+    let f = front(Vendor {
+        auth: Auth::Bearer {
+            service: "registry.example.com".into(),
+            realm: Realm::Same,
+            path: "/oauth2/token".into(),
+            methods: vec![Method::GET, Method::POST],
+            field: TokenField::AccessToken,
+            decide: Arc::new(|call: &TokenCall| {
+                TokenAnswer::Refuse(if call.method == "POST" {
+                    json_reply(
+                        400,
+                        json!({"error": "invalid_grant", "error_description": "The refresh token has expired."}),
+                    )
+                } else {
+                    errors_reply(401, "UNAUTHORIZED", "authentication required", json!(null))
+                })
+            }),
+            no_scope: Arc::new(|_: &str| {
+                errors_reply(401, "UNAUTHORIZED", "authentication required", json!(null))
+            }),
+        },
+        head: Head::Normal,
+        intercept: None,
+    });
+    let error = resolve_at(&f, "team/app", Some(identity("expired-refresh"))).error();
+    assert!(
+        error.contains(&format!(
+            "registry {} refused access to team/app (unauthorized: \"The refresh token has expired.\"; tried registry config ",
+            f.host
+        )),
+        "{error}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Google Artifact Registry and gcr.io
 

@@ -739,6 +739,11 @@ impl Transport {
                     reason,
                     false,
                 ),
+                // RFC 6749 5.2: a refresh token that is expired, revoked or not this client's
+                // is `400 invalid_grant`; the credential is refused, in the service's words.
+                StatusCode::BAD_REQUEST if identity.is_some() => {
+                    refused(endpoint, repository, Refusal::Unauthorized, reason, false)
+                }
                 // Neither containers/image nor docker falls back to GET for an identity token
                 // (it is no password): the credential cannot be used here.
                 StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED if identity.is_some() => {
