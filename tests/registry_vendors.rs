@@ -781,16 +781,19 @@ fn an_identity_token_at_a_token_service_without_post_is_refused_with_the_reason(
     );
 }
 
-/// An OAuth2 token service refuses an expired refresh token with `400 invalid_grant`
-/// (RFC 6749 5.2): the credential is refused in its words, not reported as a broken registry.
-#[test]
-fn an_expired_identity_token_is_refused_in_the_token_services_words() {
-    let f = front(Vendor {
+/// An OAuth2 token service that refuses an expired refresh token with `400 invalid_grant`
+/// (RFC 6749 5.2); with `get`, it also takes (and refuses) anonymous GETs.
+fn oauth_service(get: bool) -> Vendor {
+    Vendor {
         auth: Auth::Bearer {
             service: "registry.example.com".into(),
             realm: Realm::Same,
             path: "/oauth2/token".into(),
-            methods: vec![Method::GET, Method::POST],
+            methods: if get {
+                vec![Method::GET, Method::POST]
+            } else {
+                vec![Method::POST]
+            },
             field: TokenField::AccessToken,
             decide: Arc::new(|call: &TokenCall| {
                 TokenAnswer::Refuse(if call.method == "POST" {
@@ -808,15 +811,26 @@ fn an_expired_identity_token_is_refused_in_the_token_services_words() {
         },
         head: Head::Normal,
         intercept: None,
-    });
-    let error = resolve_at(&f, "team/app", Some(identity("expired-refresh"))).error();
-    assert!(
-        error.contains(&format!(
-            "registry {} refused access to team/app (unauthorized: \"The refresh token has expired.\"; tried registry config ",
-            f.host
-        )),
-        "{error}"
-    );
+    }
+}
+
+/// The expired identity token is refused in the token service's words, not reported as a
+/// broken registry; and when the anonymous probe after it fails otherwise (405 from a
+/// POST-only token service), the refusal is still the answer.
+#[test]
+fn an_expired_identity_token_is_refused_in_the_token_services_words() {
+    for get in [true, false] {
+        let f = front(oauth_service(get));
+        let error = resolve_at(&f, "team/app", Some(identity("expired-refresh"))).error();
+        assert!(
+            error.contains(&format!(
+                "registry {} refused access to team/app (unauthorized: \"The refresh token has expired.\"; tried registry config ",
+                f.host
+            )),
+            "GET taken: {get}: {error}"
+        );
+        assert!(error.ends_with(", anonymous)"), "{error}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -720,6 +720,20 @@ impl Resolver {
                         };
                         result = Some(Err(first.with_tried(tried.join(", "))));
                     }
+                    // After refused credentials, anonymous access only probes for a public
+                    // image: when the probe fails otherwise (a token service without GET, an
+                    // unexpected status…), the credential's refusal is the answer. A 404 stays
+                    // the answer (as the kubelet's last error would, and always denied).
+                    Err(ref e)
+                        if credential.is_none()
+                            && !matches!(e, ResolveError::NotFound { .. })
+                            && matches!(result, Some(Err(ResolveError::Unauthorized { .. }))) =>
+                    {
+                        if let Some(Err(e)) = result.take() {
+                            result = Some(Err(e.with_tried(tried.join(", "))));
+                        }
+                        break;
+                    }
                     other => {
                         result = Some(other);
                         break;
