@@ -87,6 +87,30 @@ pub struct RegistryArgs {
         default_value_t = 4
     )]
     pub max_concurrent_resolutions_per_registry: usize,
+    /// Connect to a registry host at a fixed address instead of its DNS answer, as
+    /// `NAME=IP:PORT` (repeatable, or comma-separated): split-horizon DNS, a TLS-inspecting proxy
+    /// reached by address. TLS still verifies NAME's certificate, the port is used when the URL
+    /// names none, and the SSRF guard judges the address like a DNS answer.
+    #[arg(long = "registry-address", env = "PINHOOK_REGISTRY_ADDRESSES", value_delimiter = ',', value_parser = parse_registry_address)]
+    pub registry_addresses: Vec<(String, SocketAddr)>,
+}
+
+/// Parses `NAME=IP:PORT` of `--registry-address`.
+fn parse_registry_address(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=IP:PORT"))?;
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() || name.contains([':', '/', '[']) {
+        return Err(format!(
+            "{s:?}: NAME must be a host name without port, e.g. registry-1.docker.io"
+        ));
+    }
+    let addr: SocketAddr = addr
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: {addr:?} is not IP:PORT ({e})"))?;
+    Ok((name, addr))
 }
 
 impl RegistryArgs {
@@ -100,6 +124,7 @@ impl RegistryArgs {
             max_bytes: self.cache_max_bytes,
             max_concurrent: self.max_concurrent_resolutions,
             max_concurrent_per_registry: self.max_concurrent_resolutions_per_registry,
+            addresses: self.registry_addresses.iter().cloned().collect(),
         }
     }
 
@@ -402,6 +427,38 @@ mod tests {
                 "--{} has no PINHOOK_ variable",
                 arg.get_id()
             );
+        }
+    }
+
+    #[test]
+    fn registry_addresses_are_name_equals_ip_and_port() {
+        let cli = Cli::try_parse_from([
+            "pinhook",
+            "resolve",
+            "--registry-address",
+            "Registry-1.Docker.IO=127.0.0.1:5443,auth.docker.io=[::1]:8443",
+            "--registry-address=quay.io.=10.0.0.7:443",
+            "quay.io/a/b:1",
+        ])
+        .unwrap();
+        let Command::Resolve(args) = cli.command else {
+            panic!("not resolve");
+        };
+        let addresses = args.registry.resolver_settings().addresses;
+        assert_eq!(addresses.len(), 3);
+        assert_eq!(
+            addresses["registry-1.docker.io"],
+            "127.0.0.1:5443".parse().unwrap()
+        );
+        assert_eq!(addresses["auth.docker.io"], "[::1]:8443".parse().unwrap());
+        assert_eq!(addresses["quay.io"], "10.0.0.7:443".parse().unwrap());
+        for bad in [
+            "quay.io",
+            "quay.io=10.0.0.7",
+            "quay.io:443=10.0.0.7:443",
+            "=1.2.3.4:5",
+        ] {
+            assert!(parse_registry_address(bad).is_err(), "{bad}");
         }
     }
 }

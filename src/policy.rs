@@ -106,6 +106,25 @@ impl<'de> Deserialize<'de> for DurationStr {
     }
 }
 
+/// Docker Hub's names: one registry to the user (images say `docker.io`), whose API host is
+/// `registry-1.docker.io`.
+pub const DOCKER_HUB_NAMES: [&str; 4] = [
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+
+/// Whether `allowed` (`allowedRegistries`) allows `host`: a pattern matches it or, when `host`
+/// is one of Docker Hub's names, a pattern matches any of them.
+pub fn allows_registry(allowed: &Patterns, host: &str) -> bool {
+    allowed.is_match(host)
+        || (DOCKER_HUB_NAMES
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(host))
+            && DOCKER_HUB_NAMES.iter().any(|n| allowed.is_match(n)))
+}
+
 /// The default `staleIfError` window.
 pub const DEFAULT_STALE_IF_ERROR: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -424,7 +443,7 @@ impl Profile {
             return Verdict::Exempt;
         }
         if !self.allowed_registries.is_empty()
-            && !self.allowed_registries.is_match(reference.registry())
+            && !allows_registry(&self.allowed_registries, reference.registry())
         {
             return Verdict::Rejected(Reason::RegistryNotAllowed {
                 registry: reference.registry().to_owned(),
@@ -783,6 +802,30 @@ mod tests {
             Some(Reason::RegistryNotAllowed { .. })
         ));
         assert_eq!(reason(&p, "a", "registry.example.com/app:1.0.0"), None);
+    }
+
+    #[test]
+    fn any_of_docker_hubs_names_allows_docker_hub() {
+        for listed in [
+            "docker.io",
+            "index.docker.io",
+            "registry-1.docker.io",
+            "Docker.IO",
+        ] {
+            let p = policy(&format!("allowedRegistries: ['{listed}', ghcr.io]"));
+            for image in ["nginx:1.27.3", "index.docker.io/library/nginx:1.27.3"] {
+                assert_eq!(reason(&p, "a", image), None, "{listed} {image}");
+            }
+            assert!(matches!(
+                reason(&p, "a", "quay.io/x/y:1.0.0"),
+                Some(Reason::RegistryNotAllowed { .. })
+            ));
+        }
+        let p = policy("allowedRegistries: [auth.docker.io]");
+        assert!(matches!(
+            reason(&p, "a", "nginx:1.27.3"),
+            Some(Reason::RegistryNotAllowed { .. })
+        ));
     }
 
     #[test]

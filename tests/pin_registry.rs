@@ -397,14 +397,14 @@ async fn basic_auth_registry_without_valid_credentials_denies_naming_what_was_tr
         "{msg}"
     );
 
-    // A wrong password in --registry-config: that file, then anonymous.
+    // A wrong password in --registry-config: that file, then anonymous; the registry's words.
     let dir = tempfile::tempdir().unwrap();
     let config = docker_config(dir.path(), &h, "alice", "wrong");
     let wrong = server(insecure_policy(&h, ""), &["--registry-config", &config]);
     let msg = denial(&mutate(&wrong, &review("pod_version_tags", &[("app", &image)])).await);
     assert!(
         msg.contains(&format!(
-            "(unauthorized; tried registry config {config}, anonymous)"
+            "(unauthorized: \"authentication required\"; tried registry config {config}, anonymous)"
         )),
         "{msg}"
     );

@@ -20,6 +20,9 @@ pub struct Credential {
     pub password: String,
     /// Where it came from, for messages: e.g. `pull secret shop/regcred`.
     pub source: String,
+    /// `password` is an identity token (a docker config entry's `identitytoken`, an OAuth2
+    /// refresh token): exchanged at the token service, never sent as Basic credentials.
+    pub identity_token: bool,
 }
 
 impl fmt::Debug for Credential {
@@ -28,6 +31,7 @@ impl fmt::Debug for Credential {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("source", &self.source)
+            .field("identity_token", &self.identity_token)
             .finish()
     }
 }
@@ -39,6 +43,9 @@ impl Credential {
         h.update(self.username.as_bytes());
         h.update([0]);
         h.update(self.password.as_bytes());
+        if self.identity_token {
+            h.update([0, b'i']);
+        }
         h.finalize()[..12]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -177,6 +184,7 @@ impl Keyring {
     ) -> Result<Self, ConfigError> {
         let mut out = Vec::new();
         for (key, entry) in entries {
+            let identity_token = entry.identitytoken.as_ref().is_some_and(|t| !t.is_empty());
             let (username, password) = if let Some(token) =
                 entry.identitytoken.filter(|t| !t.is_empty())
             {
@@ -206,6 +214,7 @@ impl Keyring {
                     username,
                     password,
                     source: source.to_owned(),
+                    identity_token,
                 },
             ));
         }
@@ -223,9 +232,11 @@ impl Keyring {
         let mut out: Vec<Credential> = Vec::new();
         for (loc, cred) in &self.entries {
             if loc.matches(registry, repository)
-                && !out
-                    .iter()
-                    .any(|c| c.username == cred.username && c.password == cred.password)
+                && !out.iter().any(|c| {
+                    c.username == cred.username
+                        && c.password == cred.password
+                        && c.identity_token == cred.identity_token
+                })
             {
                 out.push(cred.clone());
             }
@@ -320,6 +331,19 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_token_is_marked_as_one() {
+        let k = ring(&format!(
+            r#"{{"auths":{{"acme.azurecr.io":{{"auth":"{}","identitytoken":"eyJ.refresh"}}}}}}"#,
+            b64("00000000-0000-0000-0000-000000000000:")
+        ));
+        let c = &k.lookup("acme.azurecr.io", "team/app")[0];
+        assert!(c.identity_token);
+        assert_eq!(c.password, "eyJ.refresh");
+        let k = ring(r#"{"auths":{"r.io":{"username":"u","password":"p","identitytoken":""}}}"#);
+        assert!(!k.lookup("r.io", "a")[0].identity_token);
+    }
+
+    #[test]
     fn legacy_dockercfg_has_hosts_at_top_level() {
         let k = Keyring::from_dockercfg(
             format!(r#"{{"quay.io":{{"auth":"{}"}}}}"#, b64("q:w")).as_bytes(),
@@ -348,6 +372,7 @@ mod tests {
             username: "u".into(),
             password: "hunter2".into(),
             source: "s".into(),
+            identity_token: false,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
@@ -358,12 +383,18 @@ mod tests {
             username: "u".into(),
             password: "1".into(),
             source: "s".into(),
+            identity_token: false,
         };
         let b = Credential {
             password: "2".into(),
             ..a.clone()
         };
         assert_ne!(a.fingerprint(), b.fingerprint());
+        let token = Credential {
+            identity_token: true,
+            ..a.clone()
+        };
+        assert_ne!(a.fingerprint(), token.fingerprint());
         assert_eq!(a.fingerprint().len(), 24);
     }
 }

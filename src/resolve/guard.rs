@@ -140,16 +140,24 @@ pub(super) struct ForbiddenAddress {
     pub(super) addrs: String,
 }
 
+/// Registry host names answered with a fixed address instead of DNS (`--registry-address`),
+/// keyed by lowercase name.
+pub type AddressOverrides = std::collections::HashMap<String, SocketAddr>;
+
 /// A DNS resolver that drops forbidden addresses, and internal ones unless `allow_internal`.
-#[derive(Debug, Clone, Copy)]
+/// A name in `overrides` resolves to its address (and port, used when the URL names none),
+/// judged by the same rule.
+#[derive(Debug, Clone)]
 pub(super) struct GuardedResolver {
     /// Whether loopback and private addresses may be returned.
     pub(super) allow_internal: bool,
+    /// `--registry-address` overrides.
+    pub(super) overrides: std::sync::Arc<AddressOverrides>,
 }
 
 impl GuardedResolver {
     /// Whether an address of a DNS answer may be dialled.
-    fn admits(self, ip: IpAddr) -> bool {
+    fn admits(&self, ip: IpAddr) -> bool {
         match class_of(ip) {
             AddressClass::Public => true,
             AddressClass::Internal => self.allow_internal,
@@ -161,9 +169,12 @@ impl GuardedResolver {
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_owned();
-        let this = *self;
+        let this = self.clone();
         Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let all: Vec<SocketAddr> = match this.overrides.get(&host.to_ascii_lowercase()) {
+                Some(addr) => vec![*addr],
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
             let allowed: Vec<SocketAddr> = all
                 .iter()
                 .copied()
@@ -239,7 +250,7 @@ fn allowed_by(url: &reqwest::Url, allowed: &Patterns) -> bool {
     [Some(h), Some(bare), with_port.as_deref()]
         .into_iter()
         .flatten()
-        .any(|c| allowed.is_match(c))
+        .any(|c| crate::policy::allows_registry(allowed, c))
 }
 
 /// Checks one hop before it is sent: scheme, the normalized address of an IP literal, and
@@ -601,6 +612,7 @@ mod tests {
         let name = |s: &str| reqwest::dns::Name::from_str(s).unwrap();
         let open = GuardedResolver {
             allow_internal: true,
+            overrides: Default::default(),
         };
         let addrs: Vec<SocketAddr> = open.resolve(name("localhost")).await.unwrap().collect();
         assert!(
@@ -609,11 +621,77 @@ mod tests {
         );
         let strict = GuardedResolver {
             allow_internal: false,
+            overrides: Default::default(),
         };
         let err = match strict.resolve(name("localhost")).await {
             Ok(a) => panic!("{:?}", a.collect::<Vec<_>>()),
             Err(e) => e,
         };
         assert!(err.downcast_ref::<ForbiddenAddress>().is_some(), "{err}");
+    }
+
+    /// An overridden name resolves to its address and port, and the rule still judges it.
+    #[tokio::test]
+    async fn an_address_override_is_judged_like_a_dns_answer() {
+        use reqwest::dns::Resolve;
+        use std::str::FromStr;
+        let name = |s: &str| reqwest::dns::Name::from_str(s).unwrap();
+        let overrides: AddressOverrides = [
+            (
+                "registry-1.docker.io".to_owned(),
+                "127.0.0.1:5443".parse().unwrap(),
+            ),
+            (
+                "meta.example.com".to_owned(),
+                "169.254.169.254:80".parse().unwrap(),
+            ),
+        ]
+        .into();
+        let open = GuardedResolver {
+            allow_internal: true,
+            overrides: std::sync::Arc::new(overrides),
+        };
+        let addrs: Vec<SocketAddr> = open
+            .resolve(name("Registry-1.Docker.IO"))
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(addrs, ["127.0.0.1:5443".parse().unwrap()]);
+        let strict = GuardedResolver {
+            allow_internal: false,
+            ..open.clone()
+        };
+        assert!(strict.resolve(name("registry-1.docker.io")).await.is_err());
+        assert!(open.resolve(name("meta.example.com")).await.is_err());
+    }
+
+    #[test]
+    fn docker_hubs_names_are_one_registry_for_every_hop() {
+        for listed in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            let allowed = Patterns::new(&[listed, "auth.docker.io"], true).unwrap();
+            let r = route(Some(&allowed), "registry-1.docker.io", false);
+            for hop in [Hop::Registry, Hop::Redirect] {
+                assert!(
+                    check_url(&url("https://registry-1.docker.io/v2/"), hop, &r).is_ok(),
+                    "{listed} {hop:?}"
+                );
+            }
+            assert!(check_url(&url("https://auth.docker.io/token"), Hop::TokenRealm, &r).is_ok());
+            assert_eq!(
+                refused(
+                    "https://production.cloudflare.docker.com/x",
+                    Hop::Redirect,
+                    &r
+                ),
+                "refusing to contact production.cloudflare.docker.com: not in allowedRegistries"
+            );
+        }
+        // The token host is not Docker Hub: listing docker.io does not allow it.
+        let allowed = Patterns::new(&["docker.io"], true).unwrap();
+        let r = route(Some(&allowed), "registry-1.docker.io", false);
+        assert_eq!(
+            refused("https://auth.docker.io/token", Hop::TokenRealm, &r),
+            "refusing to contact auth.docker.io: not in allowedRegistries"
+        );
     }
 }

@@ -23,6 +23,7 @@ use crate::policy::RegistrySettings;
 use crate::reference::ImageRef;
 use auth::{Credential, Keyring};
 use digest::Digest;
+pub use guard::AddressOverrides;
 pub use permits::Pool;
 use permits::{Permits, Slot};
 pub use registry::RegistryConfigError;
@@ -42,7 +43,7 @@ pub enum ResolveError {
         tag: String,
     },
     /// Every credential (and anonymous access) was refused.
-    #[error("registry {registry} refused access to {repository} (unauthorized; tried {tried})")]
+    #[error("registry {registry} {} access to {repository}{} ({}{}; tried {tried})", refusal.verb(), if *maybe_missing { ", which does not exist or you have no access" } else { "" }, refusal.word(), said(reason))]
     Unauthorized {
         /// Registry host.
         registry: String,
@@ -50,14 +51,24 @@ pub enum ResolveError {
         repository: String,
         /// The credential sources tried, in order.
         tried: String,
+        /// 401 (who asked) or 403 (what was asked).
+        refusal: Refusal,
+        /// Why: the registry's own words (quoted, escaped, at most 200 characters) or pinhook's;
+        /// empty when neither has any.
+        reason: String,
+        /// The registry refused a token its token service had issued: it does not tell a
+        /// repository that does not exist from one the credential may not pull.
+        maybe_missing: bool,
     },
     /// The registry answered 429 and asked to wait longer than the deadline allows.
-    #[error("registry {registry} is rate-limiting requests (HTTP 429{})", retry_after.map(|s| format!(", retry after {s:.0}s")).unwrap_or_default())]
+    #[error("registry {registry} is rate-limiting requests (HTTP 429{}){}", retry_after.map(|s| format!(", retry after {s:.0}s")).unwrap_or_default(), said(reason))]
     RateLimited {
         /// Registry host.
         registry: String,
         /// Seconds the registry asked to wait.
         retry_after: Option<f64>,
+        /// The registry's words (quoted, escaped, bounded), or empty.
+        reason: String,
     },
     /// No answer within the per-call timeout or the admission deadline.
     #[error("registry {registry} did not answer within {seconds:.1}s")]
@@ -104,12 +115,14 @@ pub enum ResolveError {
         reason: String,
     },
     /// An unexpected HTTP status.
-    #[error("registry {registry} answered HTTP {status}")]
+    #[error("registry {registry} answered HTTP {status}{}", said(reason))]
     Status {
         /// Registry host.
         registry: String,
         /// The status code.
         status: u16,
+        /// The registry's words (quoted, escaped, bounded), or empty.
+        reason: String,
     },
     /// An answer that cannot be used.
     #[error("registry {registry} sent an unusable answer: {detail}")]
@@ -139,11 +152,58 @@ pub enum ResolveError {
     },
 }
 
+/// How a registry (or its token service) refused a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// HTTP 401: the credential (or its absence) was not accepted.
+    Unauthorized,
+    /// HTTP 403: the credential was accepted and may not pull this repository.
+    Forbidden,
+}
+
+impl Refusal {
+    /// The refusal for an HTTP status (403 is forbidden, anything else unauthorized).
+    pub fn of_status(status: u16) -> Self {
+        if status == 403 {
+            Self::Forbidden
+        } else {
+            Self::Unauthorized
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "refused",
+            Self::Forbidden => "denied",
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// `: reason`, or nothing for an empty reason.
+fn said(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
+
 impl ResolveError {
     /// A short label for metrics and audit records.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::NotFound { .. } => "not-found",
+            Self::Unauthorized {
+                refusal: Refusal::Forbidden,
+                ..
+            } => "denied",
             Self::Unauthorized { .. } => "unauthorized",
             Self::RateLimited { .. } => "rate-limited",
             Self::Timeout { .. } => "timeout",
@@ -156,6 +216,33 @@ impl ResolveError {
             Self::ShuttingDown { .. } => "shutting-down",
             Self::NoCachedAnswer { .. } => "no-cached-answer",
             Self::NoEndpoint { .. } => "no-endpoint",
+        }
+    }
+
+    /// Whether an `Unauthorized` error carries a reason.
+    fn has_reason(&self) -> bool {
+        matches!(self, Self::Unauthorized { reason, .. } if !reason.is_empty())
+    }
+
+    /// An `Unauthorized` error listing `tried` as the credentials tried; others unchanged.
+    fn with_tried(self, tried: String) -> Self {
+        match self {
+            Self::Unauthorized {
+                registry,
+                repository,
+                refusal,
+                reason,
+                maybe_missing,
+                ..
+            } => Self::Unauthorized {
+                registry,
+                repository,
+                tried,
+                refusal,
+                reason,
+                maybe_missing,
+            },
+            other => other,
         }
     }
 
@@ -198,6 +285,8 @@ pub struct ResolverSettings {
     pub max_concurrent: usize,
     /// Most registry lookups in flight at once to one registry host.
     pub max_concurrent_per_registry: usize,
+    /// `--registry-address`: registry host names connected to at a fixed address.
+    pub addresses: guard::AddressOverrides,
 }
 
 impl Default for ResolverSettings {
@@ -210,6 +299,7 @@ impl Default for ResolverSettings {
             max_bytes: DEFAULT_CACHE_MAX_BYTES,
             max_concurrent: 16,
             max_concurrent_per_registry: 4,
+            addresses: guard::AddressOverrides::new(),
         }
     }
 }
@@ -368,6 +458,7 @@ pub struct Resolver {
     negative_ttl: Duration,
     permits: Permits,
     metrics: Arc<Metrics>,
+    addresses: Arc<guard::AddressOverrides>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -386,8 +477,14 @@ impl Resolver {
         metrics: Arc<Metrics>,
     ) -> Result<Self, RegistryConfigError> {
         let floor = settings.max_bytes / settings.max_entries.max(1);
+        let addresses = Arc::new(settings.addresses.clone());
         Ok(Self {
-            transport: ArcSwap::from_pointee(Transport::new(registries, settings.call_timeout)?),
+            transport: ArcSwap::from_pointee(Transport::new(
+                registries,
+                settings.call_timeout,
+                addresses.clone(),
+            )?),
+            addresses,
             cache: moka::future::Cache::builder()
                 // Bounded in bytes; each entry weighs at least max_bytes / max_entries, so the
                 // count stays within max_entries too.
@@ -416,8 +513,11 @@ impl Resolver {
         registries: &[RegistrySettings],
         call_timeout: Duration,
     ) -> Result<(), RegistryConfigError> {
-        self.transport
-            .store(Arc::new(Transport::new(registries, call_timeout)?));
+        self.transport.store(Arc::new(Transport::new(
+            registries,
+            call_timeout,
+            self.addresses.clone(),
+        )?));
         Ok(())
     }
 
@@ -634,16 +734,33 @@ impl Resolver {
                 }
                 tried.push(credential.map_or_else(|| "anonymous".to_owned(), |c| c.source.clone()));
                 match r {
-                    Err(ResolveError::Unauthorized {
-                        registry,
-                        repository,
-                        ..
-                    }) => {
-                        result = Some(Err(ResolveError::Unauthorized {
-                            registry,
-                            repository,
-                            tried: tried.join(", "),
-                        }));
+                    Err(e @ ResolveError::Unauthorized { .. }) => {
+                        // The first refusal with a reason (of the most specific credential)
+                        // says the most; an anonymous retry's "authentication required" must
+                        // not hide it.
+                        let first = match result.take() {
+                            Some(Err(f @ ResolveError::Unauthorized { .. }))
+                                if f.has_reason() || !e.has_reason() =>
+                            {
+                                f
+                            }
+                            _ => e,
+                        };
+                        result = Some(Err(first.with_tried(tried.join(", "))));
+                    }
+                    // After refused credentials, anonymous access only probes for a public
+                    // image: when the probe fails otherwise (a token service without GET, an
+                    // unexpected status…), the credential's refusal is the answer. A 404 stays
+                    // the answer (as the kubelet's last error would, and always denied).
+                    Err(ref e)
+                        if credential.is_none()
+                            && !matches!(e, ResolveError::NotFound { .. })
+                            && matches!(result, Some(Err(ResolveError::Unauthorized { .. }))) =>
+                    {
+                        if let Some(Err(e)) = result.take() {
+                            result = Some(Err(e.with_tried(tried.join(", "))));
+                        }
+                        break;
                     }
                     other => {
                         result = Some(other);

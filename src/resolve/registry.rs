@@ -14,14 +14,14 @@ use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 
-use super::ResolveError;
 use super::auth::Credential;
 use super::digest::Digest;
 pub use super::guard::is_forbidden;
-use super::guard::{self, ForbiddenAddress, Hop, Route};
+use super::guard::{self, AddressOverrides, ForbiddenAddress, Hop, Route};
 use super::host;
 use super::labels::RegistryLabelSet;
 use super::permits::Slot;
+use super::{Refusal, ResolveError};
 use crate::patterns::Patterns;
 use crate::policy::RegistrySettings;
 
@@ -85,6 +85,17 @@ pub struct Endpoint {
 /// Redirects followed per request, as reqwest's default policy would (and browsers do).
 const MAX_REDIRECTS: usize = 5;
 
+/// The largest manifest read (containers/image's `MaxManifestBodySize`, 4 MiB).
+const MANIFEST_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// The largest token response read (containers/image's `MaxAuthTokenBodySize`, 1 MiB).
+const TOKEN_MAX_BYTES: usize = 1024 * 1024;
+/// The most of an error answer's body read for the registry's words.
+const ERROR_BODY_MAX_BYTES: usize = 64 * 1024;
+/// The longest the registry's words are shown in a message.
+pub const WORDS_MAX_CHARS: usize = 200;
+/// `client_id` of the OAuth2 token request (a required field, any value).
+const OAUTH_CLIENT_ID: &str = "pinhook";
+
 /// The two clients of one trust configuration: the registry's own (its resolver refuses only
 /// forbidden addresses) and the one for later hops of a registry that is not internal (its
 /// resolver refuses loopback and private addresses too). Neither follows redirects itself.
@@ -97,11 +108,12 @@ struct Clients {
 impl Clients {
     fn build(
         call_timeout: Duration,
+        addresses: &Arc<AddressOverrides>,
         configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            registry: configure(client_builder(call_timeout, true)).build()?,
-            public_hops: configure(client_builder(call_timeout, false)).build()?,
+            registry: configure(client_builder(call_timeout, true, addresses)).build()?,
+            public_hops: configure(client_builder(call_timeout, false, addresses)).build()?,
         })
     }
 }
@@ -115,6 +127,8 @@ struct Request {
     /// Whether to send the manifest `Accept` header.
     accept: bool,
     authorization: Option<String>,
+    /// A form-encoded body (the OAuth2 token request); such a request follows no redirect.
+    form: Option<String>,
     /// Time allowed for the request and its redirects.
     limit: Duration,
 }
@@ -128,6 +142,8 @@ pub struct Transport {
     mirrors: HashMap<String, Vec<String>>,
     call_timeout: Duration,
     tokens: moka::sync::Cache<String, Token>,
+    /// Refresh tokens a token service rotated, by realm, service and identity token.
+    refresh_tokens: moka::sync::Cache<String, String>,
     labels: RegistryLabelSet,
 }
 
@@ -153,9 +169,16 @@ pub struct Exchange {
     pub requests: u32,
 }
 
-fn client_builder(call_timeout: Duration, allow_internal: bool) -> reqwest::ClientBuilder {
+fn client_builder(
+    call_timeout: Duration,
+    allow_internal: bool,
+    addresses: &Arc<AddressOverrides>,
+) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .dns_resolver(Arc::new(guard::GuardedResolver { allow_internal }))
+        .dns_resolver(Arc::new(guard::GuardedResolver {
+            allow_internal,
+            overrides: addresses.clone(),
+        }))
         .connect_timeout(call_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .user_agent(concat!("pinhook/", env!("CARGO_PKG_VERSION")))
@@ -163,12 +186,15 @@ fn client_builder(call_timeout: Duration, allow_internal: bool) -> reqwest::Clie
 }
 
 impl Transport {
-    /// Builds clients for `registries`; a `caFile` that cannot be read or parsed is an error.
+    /// Builds clients for `registries`, connecting to the names of `addresses` at their
+    /// address; a `caFile` that cannot be read or parsed is an error.
     pub fn new(
         registries: &[RegistrySettings],
         call_timeout: Duration,
+        addresses: Arc<AddressOverrides>,
     ) -> Result<Self, RegistryConfigError> {
-        let default = Clients::build(call_timeout, |b| b).map_err(RegistryConfigError::Client)?;
+        let default =
+            Clients::build(call_timeout, &addresses, |b| b).map_err(RegistryConfigError::Client)?;
         let mut per_host = HashMap::new();
         let mut insecure = HashSet::new();
         let mut mirrors = HashMap::new();
@@ -192,15 +218,17 @@ impl Transport {
                 if certs.is_empty() {
                     return Err(ca_error(CaFileProblem::Empty));
                 }
-                let client = Clients::build(call_timeout, |mut b| {
+                let client = Clients::build(call_timeout, &addresses, |mut b| {
                     for c in &certs {
                         b = b.add_root_certificate(c.clone());
                     }
                     b
                 })
                 .map_err(|e| ca_error(CaFileProblem::Client(e)))?;
+                // Keyed by the canonical name: an entry for docker.io, index.docker.io or
+                // registry-1.docker.io applies to Docker Hub itself (asked at registry-1.docker.io).
                 for h in std::iter::once(&host).chain(r.mirrors.iter()) {
-                    per_host.insert(h.to_ascii_lowercase(), client.clone());
+                    per_host.insert(host::canonical(h), client.clone());
                 }
             }
             if !r.mirrors.is_empty() {
@@ -218,6 +246,7 @@ impl Transport {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            refresh_tokens: moka::sync::Cache::builder().max_capacity(10_000).build(),
         })
     }
 
@@ -260,8 +289,11 @@ impl Transport {
         self.labels.label(host)
     }
 
+    /// The clients for an endpoint host: its registry entry's (by canonical name), or the default.
     fn clients(&self, host: &str) -> &Clients {
-        self.per_host.get(host).unwrap_or(&self.default)
+        self.per_host
+            .get(&host::canonical(host))
+            .unwrap_or(&self.default)
     }
 
     /// Resolves `repository:tag` at `endpoint` with `credential` (or anonymously).
@@ -310,34 +342,48 @@ impl Transport {
             .get(&token_key)
             .filter(|t| t.expires > Instant::now())
             .map(|t| format!("Bearer {}", t.value));
+        // Whether `authorization` is a token the registry's token service issued.
+        let mut bearer = authorization.is_some();
         let mut challenged = false;
         let mut rate_limited = 0;
+        // HEAD first. GET when the registry refuses HEAD (405: GitHub Enterprise Server, older
+        // registries) or sends no digest, and once after a refusal: a HEAD answer has no body,
+        // and the body holds the registry's own words.
+        let mut method = reqwest::Method::HEAD;
+        let mut for_words = false;
         loop {
             let resp = self
                 .send(
                     endpoint,
-                    reqwest::Method::HEAD,
+                    method.clone(),
                     &url,
                     authorization.as_deref(),
                     deadline,
                     (&mut route, &mut *exchange),
                 )
                 .await?;
-            match resp.status() {
+            let head = method == reqwest::Method::HEAD;
+            let status = resp.status();
+            // A refusal after HEAD is asked again with GET, for its words.
+            let words_by_get = head && !for_words;
+            match status {
                 s if s.is_success() => {
                     refuse_schema1(resp.headers(), &endpoint.host)?;
-                    if let Some(d) = digest_header(resp.headers(), &endpoint.host)? {
-                        return Ok(d);
+                    let header = digest_header(resp.headers(), &endpoint.host)?;
+                    match header {
+                        Some(d) if head => return Ok(d),
+                        _ if head => method = reqwest::Method::GET,
+                        _ => {
+                            return self
+                                .hash_manifest(endpoint, resp, header, &url, &route)
+                                .await;
+                        }
                     }
-                    return self
-                        .get_and_hash(
-                            endpoint,
-                            &url,
-                            authorization.as_deref(),
-                            deadline,
-                            (&mut route, &mut *exchange),
-                        )
-                        .await;
+                }
+                StatusCode::METHOD_NOT_ALLOWED if head => {
+                    // As containerd does: the manifest's bytes are hashed instead.
+                    tracing::debug!(registry = %endpoint.host, "HEAD refused with 405; asking with GET");
+                    method = reqwest::Method::GET;
                 }
                 StatusCode::UNAUTHORIZED if !challenged => {
                     challenged = true;
@@ -352,8 +398,25 @@ impl Transport {
                     let challenge = parse_challenge(&header);
                     authorization = match challenge {
                         Challenge::Basic => match credential {
+                            Some(c) if c.identity_token => {
+                                return Err(refused(
+                                    endpoint,
+                                    repository,
+                                    Refusal::Unauthorized,
+                                    "it asks for a username and password (Basic), and an identity token is only ever exchanged at a token service".into(),
+                                    false,
+                                ));
+                            }
                             Some(c) => Some(basic(c)),
-                            None => return Err(unauthorized(endpoint, repository)),
+                            None => {
+                                return Err(refused(
+                                    endpoint,
+                                    repository,
+                                    Refusal::Unauthorized,
+                                    String::new(),
+                                    false,
+                                ));
+                            }
                         },
                         Challenge::Bearer { realm, service } => {
                             let t = self
@@ -366,13 +429,33 @@ impl Transport {
                                 .await?;
                             let header = format!("Bearer {}", t.value);
                             self.tokens.insert(token_key.clone(), t);
+                            bearer = true;
                             Some(header)
                         }
-                        Challenge::None => return Err(unauthorized(endpoint, repository)),
+                        Challenge::None => {
+                            return Err(refused(
+                                endpoint,
+                                repository,
+                                Refusal::Unauthorized,
+                                String::new(),
+                                false,
+                            ));
+                        }
                     };
                 }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if words_by_get => {
+                    for_words = true;
+                    method = reqwest::Method::GET;
+                }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    return Err(unauthorized(endpoint, repository));
+                    let reason = words_of(resp).await;
+                    return Err(refused(
+                        endpoint,
+                        repository,
+                        Refusal::of_status(status.as_u16()),
+                        reason,
+                        bearer,
+                    ));
                 }
                 StatusCode::NOT_FOUND => {
                     return Err(ResolveError::NotFound {
@@ -393,18 +476,28 @@ impl Transport {
                             // Other lookups run while this one waits.
                             slot.sleep(w).await?;
                         }
+                        _ if words_by_get => {
+                            for_words = true;
+                            method = reqwest::Method::GET;
+                        }
                         _ => {
                             return Err(ResolveError::RateLimited {
                                 registry: endpoint.host.clone(),
                                 retry_after: wait.map(|w| w.as_secs_f64()),
+                                reason: words_of(resp).await,
                             });
                         }
                     }
+                }
+                s if s.is_client_error() && words_by_get => {
+                    for_words = true;
+                    method = reqwest::Method::GET;
                 }
                 status => {
                     return Err(ResolveError::Status {
                         registry: endpoint.host.clone(),
                         status: status.as_u16(),
+                        reason: words_of(resp).await,
                     });
                 }
             }
@@ -434,6 +527,7 @@ impl Transport {
             hop: Hop::Registry,
             accept: true,
             authorization: authorization.map(str::to_owned),
+            form: None,
             limit,
         };
         self.request(endpoint, request, route, exchange).await
@@ -468,6 +562,11 @@ impl Transport {
             if let Some(a) = &authorization {
                 req = req.header(AUTHORIZATION, a);
             }
+            if let Some(form) = &r.form {
+                req = req
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.clone());
+            }
             exchange.requests += 1;
             let resp = match req.send().await {
                 Ok(resp) => resp,
@@ -484,8 +583,9 @@ impl Transport {
             }
             let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
             // Like reqwest: past the limit, or without a usable Location, the 3xx is the answer.
+            // A form (it holds a refresh token) is never sent on to where a redirect points.
             let next = match resp.headers().get(LOCATION) {
-                Some(location) if redirect && redirects < MAX_REDIRECTS => {
+                Some(location) if redirect && redirects < MAX_REDIRECTS && r.form.is_none() => {
                     location.to_str().ok().and_then(|l| url.join(l).ok())
                 }
                 _ => None,
@@ -507,41 +607,36 @@ impl Transport {
         }
     }
 
-    async fn get_and_hash(
+    /// The digest of a manifest answered to GET: the sha256 of its bytes (at most
+    /// [`MANIFEST_MAX_BYTES`]), which must equal `Docker-Content-Digest` when one was sent.
+    async fn hash_manifest(
         &self,
         endpoint: &Endpoint,
+        mut resp: reqwest::Response,
+        header: Option<Digest>,
         url: &reqwest::Url,
-        authorization: Option<&str>,
-        deadline: Instant,
-        (route, exchange): (&mut Route<'_>, &mut Exchange),
+        route: &Route<'_>,
     ) -> Result<Digest, ResolveError> {
-        let resp = self
-            .send(
-                endpoint,
-                reqwest::Method::GET,
-                url,
-                authorization,
-                deadline,
-                (&mut *route, exchange),
-            )
-            .await?;
         let redirected = resp.url() != url;
         let final_url = resp.url().clone();
-        if !resp.status().is_success() {
-            return Err(ResolveError::Status {
+        let (body, complete) = read_at_most(&mut resp, MANIFEST_MAX_BYTES)
+            .await
+            .map_err(|e| {
+                if redirected {
+                    guard::hop_failed(route, Hop::Redirect, &final_url, &e)
+                } else {
+                    classify(&endpoint.host, &e, self.call_timeout)
+                }
+            })?;
+        if !complete {
+            return Err(ResolveError::Invalid {
                 registry: endpoint.host.clone(),
-                status: resp.status().as_u16(),
+                detail: format!(
+                    "the manifest is larger than {} MiB",
+                    MANIFEST_MAX_BYTES / (1024 * 1024)
+                ),
             });
         }
-        refuse_schema1(resp.headers(), &endpoint.host)?;
-        let header = digest_header(resp.headers(), &endpoint.host)?;
-        let body = resp.bytes().await.map_err(|e| {
-            if redirected {
-                guard::hop_failed(route, Hop::Redirect, &final_url, &e)
-            } else {
-                classify(&endpoint.host, &e, self.call_timeout)
-            }
-        })?;
         let computed = Digest::of(&body);
         if let Some(h) = header
             && h != computed
@@ -556,6 +651,9 @@ impl Transport {
         Ok(computed)
     }
 
+    /// A token for `scope` from the token service of a Bearer challenge: with an identity
+    /// token, the OAuth2 refresh-token grant (`POST`, form-encoded, as containers/image and
+    /// docker do); otherwise `GET` with the credential as Basic (or none).
     async fn fetch_token(
         &self,
         endpoint: &Endpoint,
@@ -564,6 +662,7 @@ impl Transport {
         (route, exchange): (&mut Route<'_>, &mut Exchange),
     ) -> Result<Token, ResolveError> {
         let Lookup {
+            repository,
             credential,
             deadline,
             ..
@@ -574,42 +673,102 @@ impl Transport {
         })?;
         let realm_host = host::of_url(&realm_url);
         guard::check_url(&realm_url, Hop::TokenRealm, route)?;
-        let remaining = deadline
+        let limit = deadline
             .saturating_duration_since(Instant::now())
             .min(self.call_timeout);
-        {
-            let mut query = realm_url.query_pairs_mut();
-            query.append_pair("scope", scope);
-            if !service.is_empty() {
-                query.append_pair("service", service);
+        let identity = credential.filter(|c| c.identity_token);
+        let refresh_key = identity.map(|c| format!("{realm}|{service}|{}", c.fingerprint()));
+        let request = match identity {
+            Some(c) => {
+                // A refresh token the service rotated earlier replaces the configured one.
+                let refresh = refresh_key
+                    .as_ref()
+                    .and_then(|k| self.refresh_tokens.get(k))
+                    .unwrap_or_else(|| c.password.clone());
+                let mut form = realm_url.clone();
+                form.set_query(None);
+                {
+                    let mut pairs = form.query_pairs_mut();
+                    pairs.append_pair("grant_type", "refresh_token");
+                    if !service.is_empty() {
+                        pairs.append_pair("service", service);
+                    }
+                    pairs.append_pair("scope", scope);
+                    pairs.append_pair("refresh_token", &refresh);
+                    pairs.append_pair("client_id", OAUTH_CLIENT_ID);
+                }
+                Request {
+                    method: reqwest::Method::POST,
+                    url: realm_url.clone(),
+                    hop: Hop::TokenRealm,
+                    accept: false,
+                    authorization: None,
+                    form: Some(form.query().unwrap_or_default().to_owned()),
+                    limit,
+                }
             }
-        }
-        let request = Request {
-            method: reqwest::Method::GET,
-            url: realm_url.clone(),
-            hop: Hop::TokenRealm,
-            accept: false,
-            authorization: credential.map(basic),
-            limit: remaining,
+            None => {
+                {
+                    let mut query = realm_url.query_pairs_mut();
+                    query.append_pair("scope", scope);
+                    if !service.is_empty() {
+                        query.append_pair("service", service);
+                    }
+                }
+                Request {
+                    method: reqwest::Method::GET,
+                    url: realm_url.clone(),
+                    hop: Hop::TokenRealm,
+                    accept: false,
+                    authorization: credential.map(basic),
+                    form: None,
+                    limit,
+                }
+            }
         };
-        let resp = self.request(endpoint, request, route, exchange).await?;
-        match resp.status() {
-            s if s.is_success() => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(unauthorized(endpoint, scope));
-            }
-            StatusCode::TOO_MANY_REQUESTS => {
-                return Err(ResolveError::RateLimited {
+        let mut resp = self.request(endpoint, request, route, exchange).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let wait = retry_after(resp.headers());
+            let reason = words_of(resp).await;
+            return Err(match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => refused(
+                    endpoint,
+                    repository,
+                    Refusal::of_status(status.as_u16()),
+                    reason,
+                    false,
+                ),
+                // RFC 6749 5.2: a refresh token that is expired, revoked or not this client's
+                // is `400 invalid_grant`; the credential is refused, in the service's words.
+                StatusCode::BAD_REQUEST if identity.is_some() => {
+                    refused(endpoint, repository, Refusal::Unauthorized, reason, false)
+                }
+                // Neither containers/image nor docker falls back to GET for an identity token
+                // (it is no password): the credential cannot be used here.
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED if identity.is_some() => {
+                    refused(
+                        endpoint,
+                        repository,
+                        Refusal::Unauthorized,
+                        format!(
+                            "its token service answered HTTP {} to the OAuth2 refresh-token request (POST), so an identity token cannot be used there; use a username and password",
+                            status.as_u16()
+                        ),
+                        false,
+                    )
+                }
+                StatusCode::TOO_MANY_REQUESTS => ResolveError::RateLimited {
                     registry: realm_host,
-                    retry_after: retry_after(resp.headers()).map(|d| d.as_secs_f64()),
-                });
-            }
-            s => {
-                return Err(ResolveError::Status {
+                    retry_after: wait.map(|d| d.as_secs_f64()),
+                    reason,
+                },
+                s => ResolveError::Status {
                     registry: realm_host,
                     status: s.as_u16(),
-                });
-            }
+                    reason,
+                },
+            });
         }
         #[derive(serde::Deserialize)]
         struct TokenResponse {
@@ -619,11 +778,21 @@ impl Transport {
             access_token: Option<String>,
             #[serde(default)]
             expires_in: Option<u64>,
+            #[serde(default)]
+            refresh_token: Option<String>,
         }
-        let body = resp
-            .bytes()
+        let (body, complete) = read_at_most(&mut resp, TOKEN_MAX_BYTES)
             .await
             .map_err(|e| guard::hop_failed(route, Hop::TokenRealm, &realm_url, &e))?;
+        if !complete {
+            return Err(ResolveError::Invalid {
+                registry: realm_host,
+                detail: format!(
+                    "token response is larger than {} MiB",
+                    TOKEN_MAX_BYTES / (1024 * 1024)
+                ),
+            });
+        }
         let t: TokenResponse =
             serde_json::from_slice(&body).map_err(|e| ResolveError::Invalid {
                 registry: realm_host.clone(),
@@ -637,6 +806,10 @@ impl Transport {
                 registry: realm_host.clone(),
                 detail: "token response has no token".into(),
             })?;
+        if let (Some(key), Some(rotated)) = (refresh_key, t.refresh_token.filter(|r| !r.is_empty()))
+        {
+            self.refresh_tokens.insert(key, rotated);
+        }
         // The spec's default lifetime is 60 s; keep a margin so a token never expires mid-request.
         // `expires_in` is the token server's word: clamped to a day, so no value overflows.
         let lifetime = Duration::from_secs(t.expires_in.unwrap_or(60).clamp(10, 86_400));
@@ -647,12 +820,108 @@ impl Transport {
     }
 }
 
-fn unauthorized(endpoint: &Endpoint, repository: &str) -> ResolveError {
+/// A refusal by `endpoint` of `repository` (see [`ResolveError::Unauthorized`]).
+fn refused(
+    endpoint: &Endpoint,
+    repository: &str,
+    refusal: Refusal,
+    reason: String,
+    maybe_missing: bool,
+) -> ResolveError {
     ResolveError::Unauthorized {
         registry: endpoint.host.clone(),
         repository: repository.to_owned(),
         tried: String::new(),
+        refusal,
+        reason,
+        maybe_missing,
     }
+}
+
+/// Reads `resp`'s body up to `max` bytes; `false` when there was more (then the bytes read are
+/// the first `max`).
+async fn read_at_most(
+    resp: &mut reqwest::Response,
+    max: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > max {
+            let room = max - out.len();
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, true))
+}
+
+/// The registry's own words in an error answer, made safe to show (see [`registry_words`]);
+/// empty when the body cannot be read or says nothing.
+async fn words_of(mut resp: reqwest::Response) -> String {
+    match read_at_most(&mut resp, ERROR_BODY_MAX_BYTES).await {
+        Ok((body, _)) => registry_words(&body),
+        Err(e) => {
+            tracing::debug!(error = %e, "the body of a registry's error answer could not be read");
+            String::new()
+        }
+    }
+}
+
+/// What an error body says, quoted, on one line, escaped and at most [`WORDS_MAX_CHARS`]
+/// characters: the `message` (and string `detail`) of each of distribution's
+/// `{"errors":[{"code","message","detail"}]}`, else the first of `error_description`,
+/// `details`, `detail`, `message`, `error` of another JSON object (token services), else plain
+/// text; an HTML page or an empty body says nothing.
+pub fn registry_words(body: &[u8]) -> String {
+    let said = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => json_words(&v),
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.starts_with('<') {
+                String::new()
+            } else {
+                text.to_owned()
+            }
+        }
+    };
+    let one_line = said.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.is_empty() {
+        return String::new();
+    }
+    format!("\"{}\"", crate::text::shown(&one_line, WORDS_MAX_CHARS))
+}
+
+fn json_words(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn text(v: Option<&serde_json::Value>) -> &str {
+        v.and_then(serde_json::Value::as_str)
+            .map(str::trim)
+            .unwrap_or("")
+    }
+    if let Some(errors) = v.get("errors").and_then(Value::as_array) {
+        let parts: Vec<String> = errors
+            .iter()
+            .filter_map(|e| {
+                let message = text(e.get("message"));
+                let detail = text(e.get("detail"));
+                match (message.is_empty(), detail.is_empty() || detail == message) {
+                    (false, true) => Some(message.to_owned()),
+                    (false, false) => Some(format!("{message}: {detail}")),
+                    (true, false) => Some(detail.to_owned()),
+                    (true, true) => Some(text(e.get("code")).to_owned()).filter(|c| !c.is_empty()),
+                }
+            })
+            .collect();
+        return parts.join("; ");
+    }
+    ["error_description", "details", "detail", "message", "error"]
+        .iter()
+        .map(|k| text(v.get(*k)))
+        .find(|s| !s.is_empty())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn basic(c: &Credential) -> String {
@@ -918,6 +1187,46 @@ mod tests {
     }
 
     #[test]
+    fn registry_words_are_kept_bounded_and_on_one_line() {
+        let cases: [(&[u8], &str); 8] = [
+            (
+                br#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired. Reauthenticate and try again."}]}"#,
+                r#""Your authorization token has expired. Reauthenticate and try again.""#,
+            ),
+            (
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository"}]},{"code":"X","message":"","detail":"second"}]}"#,
+                r#""authentication required; second""#,
+            ),
+            (
+                br#"{"details":"incorrect username or password"}"#,
+                r#""incorrect username or password""#,
+            ),
+            (
+                br#"{"error":"invalid_grant","error_description":"refresh token expired"}"#,
+                r#""refresh token expired""#,
+            ),
+            (
+                b"  rate limited\r\n  slow down \x1b[2J",
+                r#""rate limited slow down \u{1b}[2J""#,
+            ),
+            (b"<html><body>502 Bad Gateway</body></html>", ""),
+            (b"", ""),
+            (br#"{"errors":[]}"#, ""),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                registry_words(body),
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let long = registry_words("x".repeat(5000).as_bytes());
+        assert_eq!(long.chars().count(), WORDS_MAX_CHARS + 2, "{long}");
+        assert!(long.contains('…'));
+    }
+
+    #[test]
     fn retry_after_seconds() {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, "2".parse().unwrap());
@@ -927,7 +1236,7 @@ mod tests {
     #[test]
     fn docker_hub_goes_to_registry_1() {
         install_crypto_provider();
-        let t = Transport::new(&[], Duration::from_secs(1)).unwrap();
+        let t = Transport::new(&[], Duration::from_secs(1), Default::default()).unwrap();
         let e = t.endpoints("docker.io");
         assert_eq!(e.len(), 1);
         assert_eq!(
@@ -947,6 +1256,7 @@ mod tests {
                 mirrors: vec!["127.0.0.1:6000".into()],
             }],
             Duration::from_secs(1),
+            Default::default(),
         )
         .unwrap();
         let e = t.endpoints("127.0.0.1:5000");
@@ -1028,7 +1338,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let reached = accepted.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(reached, 1);
-        let t = Transport::new(&[], Duration::from_secs(2)).unwrap();
+        let t = Transport::new(&[], Duration::from_secs(2), Default::default()).unwrap();
         for host in ["0", "0.0.0.0", "0x0", "00.0", "0.0.0"] {
             for scheme in ["http", "https"] {
                 let err = lookup(&t, &format!("{host}:{port}"), scheme, None)
@@ -1050,7 +1360,7 @@ mod tests {
     async fn redirects_are_checked_on_the_normalized_address_before_connecting() {
         install_crypto_provider();
         let (port, accepted) = counting_listener().await;
-        let t = Transport::new(&[], Duration::from_secs(2)).unwrap();
+        let t = Transport::new(&[], Duration::from_secs(2), Default::default()).unwrap();
         for spelling in [
             "0x7f000001",
             "2130706433",
@@ -1093,7 +1403,7 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, app).await });
         let registry = redirecting_registry(format!("http://{target}/v2/x")).await;
         let named = registry.replace("127.0.0.1", "localhost");
-        let t = Transport::new(&[], Duration::from_secs(2)).unwrap();
+        let t = Transport::new(&[], Duration::from_secs(2), Default::default()).unwrap();
         let digest = lookup(&t, &named, "http", None).await.unwrap();
         assert_eq!(digest.to_string(), D);
     }
@@ -1109,7 +1419,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let t = Transport::new(&[], Duration::from_secs(2)).unwrap();
+        let t = Transport::new(&[], Duration::from_secs(2), Default::default()).unwrap();
         let mut messages = Vec::new();
         for port in [open, closed] {
             let registry = redirecting_registry(format!("http://127.0.0.1:{port}/v2/x")).await;
@@ -1135,6 +1445,7 @@ mod tests {
                 mirrors: vec![],
             }],
             Duration::from_secs(1),
+            Default::default(),
         )
         .unwrap_err()
         .to_string();

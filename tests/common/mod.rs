@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod drift;
+pub mod front;
 pub mod kube;
 pub mod registry;
 pub mod router;

@@ -220,6 +220,17 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry and waits until `GET /v2/` answers (401 counts).
     pub fn start(opts: RegistryOptions) -> Self {
+        Self::start_process(opts, false)
+    }
+
+    /// Like [`Registry::start`], under `setpriv --pdeathsig KILL`: the registry dies with the
+    /// thread that started it, so one shared by every test of a file (started from a thread
+    /// that lives as long as the test process, and never dropped) does not outlive the process.
+    pub fn start_dying_with_thread(opts: RegistryOptions) -> Self {
+        Self::start_process(opts, true)
+    }
+
+    fn start_process(opts: RegistryOptions, die_with_thread: bool) -> Self {
         super::init_crypto();
         let dir = tempfile::tempdir().unwrap();
         let mut tls_yaml = String::new();
@@ -291,7 +302,14 @@ impl Registry {
             );
             let config_path = dir.path().join("config.yml");
             std::fs::write(&config_path, &config).unwrap();
-            let mut child = Command::new("docker-registry")
+            let mut command = if die_with_thread {
+                let mut c = Command::new("setpriv");
+                c.args(["--pdeathsig", "KILL", "docker-registry"]);
+                c
+            } else {
+                Command::new("docker-registry")
+            };
+            let mut child = command
                 .arg("serve")
                 .arg(&config_path)
                 .stdin(Stdio::null())
