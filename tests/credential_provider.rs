@@ -519,3 +519,197 @@ fn pinhook_resolve_uses_the_plugins_and_refuses_a_bad_config_naming_file_and_fie
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The service-account token path, against the real kube-apiserver of tests/cluster.
+
+/// Where the chart's objects for these tests live, and the namespace of the admitted workloads.
+const RELEASE: &str = "credprov";
+const RELEASE_NS: &str = "pinhook-credprov";
+const SHOP: &str = "credprov-shop";
+const AUDIENCE: &str = "registry.example.com";
+
+/// A provider entry asking for the pod's service-account token, as EKS/AKS/GKE configure it.
+const TOKEN_ATTRIBUTES: &str = "    tokenAttributes:
+      serviceAccountTokenAudience: registry.example.com
+      requireServiceAccount: true
+      requiredServiceAccountAnnotationKeys: [example.com/registry-role]
+      optionalServiceAccountAnnotationKeys: [example.com/tenant, example.com/absent]
+      cacheType: ServiceAccount
+";
+
+/// Applies the chart's ServiceAccount and RBAC for `release` (with `values`) and returns a
+/// kubeconfig with a token of that ServiceAccount: pinhook's own identity, as in a cluster.
+fn chart_identity(
+    c: &common::cluster::Cluster,
+    release: &str,
+    values: &str,
+    dir: &Path,
+) -> PathBuf {
+    let docs = common::cluster::render_chart("bootstrap", release, RELEASE_NS, values);
+    c.apply(&common::cluster::list_of(
+        &docs,
+        &["ServiceAccount", "ClusterRole", "ClusterRoleBinding"],
+    ));
+    let sa = docs.iter().find(|d| d["kind"] == "ServiceAccount").unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = c.ok(&["create", "token", &sa, "-n", RELEASE_NS, "--duration=1h"]);
+    c.token_kubeconfig(dir, token.trim())
+}
+
+/// The claims of a JWT (unverified: the API server signed it, the test only reads it).
+fn claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn the_pods_service_account_token_reaches_the_plugin_through_a_real_api_server() {
+    use common::cluster::{Registration, cluster, deployment, register, wait_registered};
+    let c = cluster();
+    let reg = basic_registry();
+    let h = reg.host.clone();
+    let digest = reg.push("private/app", "1.0.0", &TestImage::single("cp-e2e"));
+    let image = format!("{h}/private/app:1.0.0");
+    let plugin = Plugin::with(&h, "alice", "s3cret", TOKEN_ATTRIBUTES);
+
+    c.namespace(RELEASE_NS, None);
+    c.namespace(SHOP, Some(RELEASE));
+    c.apply_in(
+        SHOP,
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "builder",
+            "annotations": {"example.com/registry-role": "reader", "example.com/tenant": "shop",
+                "example.com/unrelated": "not passed"}}})
+        .to_string(),
+    );
+    c.apply_in(
+        SHOP,
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "plain"}})
+            .to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = chart_identity(
+        c,
+        RELEASE,
+        "credentialProviders:\n  serviceAccountTokens:\n    enabled: true\n",
+        dir.path(),
+    );
+    let start = |kubeconfig: &Path| {
+        Pinhook::start_with(Options {
+            policy: Some(insecure_policy(&h)),
+            args: plugin.args(),
+            env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
+            ..Default::default()
+        })
+    };
+    let pinhook = start(&kubeconfig);
+    register(c, &pinhook, &Registration::new(RELEASE));
+    wait_registered(c, SHOP);
+
+    // A Deployment whose pod template runs as `builder`, created through the API server.
+    let mut d = deployment("web", &image, 1);
+    d["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
+    let out = c.apply_in(SHOP, &d.to_string());
+    assert!(out.ok, "{}", out.stderr);
+    let stored = c.get(Some(SHOP), &["deployment", "web"]);
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("{image}@{digest}"),
+        "the plugin's credentials pinned the stored template"
+    );
+
+    let calls = plugin.calls();
+    let call = calls
+        .iter()
+        .find(|c| c["request"]["image"] == format!("{h}/private/app"))
+        .expect("the plugin was asked");
+    let request = &call["request"];
+    assert_eq!(request["kind"], "CredentialProviderRequest");
+    assert_eq!(
+        request["apiVersion"],
+        "credentialprovider.kubelet.k8s.io/v1"
+    );
+    assert_eq!(
+        request["serviceAccountAnnotations"],
+        json!({"example.com/registry-role": "reader", "example.com/tenant": "shop"})
+    );
+    let token = request["serviceAccountToken"].as_str().expect("a token");
+    let claims = claims(token);
+    assert_eq!(claims["aud"], json!([AUDIENCE]), "{claims}");
+    assert_eq!(
+        claims["sub"],
+        format!("system:serviceaccount:{SHOP}:builder"),
+        "{claims}"
+    );
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(lifetime, 600, "a short-lived token: {claims}");
+    // The API server accepts the token for its audience: it is a real one.
+    let token_review = c.kubectl_in(
+        &["create", "-f", "-", "-o", "json"],
+        &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [AUDIENCE]}})
+        .to_string(),
+    );
+    assert!(token_review.ok, "{}", token_review.stderr);
+    let token_review: Value = serde_json::from_str(&token_review.stdout).unwrap();
+    assert_eq!(
+        token_review["status"]["authenticated"], true,
+        "{token_review}"
+    );
+    assert_eq!(
+        token_review["status"]["user"]["username"],
+        format!("system:serviceaccount:{SHOP}:builder")
+    );
+
+    // The answer is cached per service account (cacheType ServiceAccount): a second
+    // Deployment of the same account asks no more.
+    let before = plugin.calls().len();
+    let mut d = deployment("api", &image, 1);
+    d["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
+    assert!(c.apply_in(SHOP, &d.to_string()).ok);
+    assert_eq!(plugin.calls().len(), before);
+
+    // An account without the required annotation: the plugin is not asked, and the denial says why.
+    let in_shop = |account: &str| {
+        let mut r = review(&image);
+        r["request"]["namespace"] = json!(SHOP);
+        r["request"]["object"]["metadata"]["namespace"] = json!(SHOP);
+        r["request"]["object"]["spec"]["serviceAccountName"] = json!(account);
+        r
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let msg = denial(&rt.block_on(mutate(&pinhook, &in_shop("plain"))));
+    assert!(
+        msg.contains(&format!(
+            "credential provider \"test-plugin\" for image {h}/private/app: service account {SHOP}/plain lacks the required annotation \"example.com/registry-role\", so the provider was not asked"
+        )),
+        "{msg}"
+    );
+    let msg = denial(&rt.block_on(mutate(&pinhook, &in_shop("ghost"))));
+    assert!(
+        msg.contains(&format!(
+            "service account {SHOP}/ghost does not exist, and the provider requires one (requireServiceAccount: true)"
+        )),
+        "{msg}"
+    );
+
+    // Without the chart's token RBAC (serviceAccountTokens off), pinhook says what it lacks.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = chart_identity(c, "credprov-norbac", "", plain_dir.path());
+    let without = start(&plain);
+    let msg = denial(&rt.block_on(mutate(&without, &in_shop("builder"))));
+    assert!(
+        msg.contains(&format!(
+            "credential provider \"test-plugin\" for image {h}/private/app: pinhook may not create a token for service account {SHOP}/builder (HTTP 403: "
+        )) && msg.contains("grant pinhook's service account create on serviceaccounts/token (chart value credentialProviders.serviceAccountTokens.enabled=true)"),
+        "{msg}"
+    );
+}
