@@ -63,6 +63,15 @@ pub struct PinLabels {
     pub result: &'static str,
 }
 
+/// Labels of a credential-provider plugin run.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// The provider's name, from the config file (so the set of values is bounded).
+    pub provider: String,
+    /// `ok`, `timeout`, `exit` (non-zero status), `invalid` (unusable response) or `error`.
+    pub outcome: &'static str,
+}
+
 /// What one admission answer is counted under.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AnswerLabels {
@@ -100,6 +109,8 @@ pub struct Metrics {
     pub resolution_duration: Histogram,
     /// Images handled by /mutate, by result.
     pub pins: Family<PinLabels, Counter>,
+    /// Credential-provider plugin processes run, by provider and outcome.
+    pub plugin_runs: Family<PluginLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -185,8 +196,15 @@ impl Metrics {
             "Images handled by /mutate, by result",
             pins.clone(),
         );
+        let plugin_runs = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "credential_provider_runs",
+            "Credential-provider plugin processes run, by provider and outcome",
+            plugin_runs.clone(),
+        );
         policy_valid.set(1);
         Self {
+            plugin_runs,
             cache,
             cache_entries,
             registry_requests,

@@ -861,8 +861,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             );
         }
     }
+    let providers = providers.map(|p| Arc::new(p.with_metrics(metrics.clone())));
     let pinner = Pinner::new(Arc::new(resolver), secrets, registry_config)
-        .with_credential_providers(providers.map(Arc::new));
+        .with_credential_providers(providers);
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,

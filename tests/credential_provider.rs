@@ -258,6 +258,13 @@ async fn plugin_credentials_pin_the_registry_digest_and_a_registry_answer_is_reu
         1,
         "the registry-wide answer was reused"
     );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(
+            "pinhook_credential_provider_runs_total{provider=\"test-plugin\",outcome=\"ok\"} 1\n"
+        ),
+        "{metrics}"
+    );
     eprintln!("first admission (plugin run + registry) {first:?}, second (cached) {second:?}");
 }
 
@@ -333,6 +340,13 @@ async fn a_hung_plugin_is_killed_within_the_admission_deadline_and_named() {
         msg.contains(&format!("registry {h} refused access to private/app (unauthorized; tried anonymous; credential provider")),
         "{msg}"
     );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(
+            "pinhook_credential_provider_runs_total{provider=\"test-plugin\",outcome=\"timeout\"} 1\n"
+        ),
+        "{metrics}"
+    );
     let pid = plugin.calls()[0]["pid"].as_u64().unwrap();
     let alive = Command::new("kill")
         .args(["-0", &pid.to_string()])
@@ -395,6 +409,15 @@ async fn a_failing_plugin_is_named_and_pinhook_falls_back_to_the_registry_config
         assert!(!msg.contains("hunter2"), "{msg}");
         let resp = mutate(&with_fallback, &review(&image)).await;
         assert_eq!(pinned(&resp), format!("{image}@{digest}"), "{mode}");
+    }
+    let metrics = alone.metrics().await;
+    for (outcome, n) in [("exit", 1), ("invalid", 3)] {
+        assert!(
+            metrics.contains(&format!(
+                "pinhook_credential_provider_runs_total{{provider=\"test-plugin\",outcome=\"{outcome}\"}} {n}\n"
+            )),
+            "{metrics}"
+        );
     }
     assert!(
         with_fallback.lines().iter().any(|l| l.contains(

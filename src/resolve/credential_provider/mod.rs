@@ -19,7 +19,6 @@ pub mod matching;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -181,7 +180,7 @@ pub struct CredentialProviders {
     cache: moka::future::Cache<String, Arc<Cached>>,
     flights: moka::future::Cache<String, Arc<Result<Response, String>>>,
     reserve: Duration,
-    calls: AtomicU64,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for CredentialProviders {
@@ -288,8 +287,14 @@ impl CredentialProviders {
                 .time_to_live(MAX_PLUGIN_TIME)
                 .build(),
             reserve,
-            calls: AtomicU64::new(0),
+            metrics: None,
         })
+    }
+
+    /// Counts each plugin run in `metrics` (`pinhook_credential_provider_runs_total`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The providers' names, in order.
@@ -305,11 +310,6 @@ impl CredentialProviders {
         self.providers
             .iter()
             .any(|p| p.config.token_attributes.is_some())
-    }
-
-    /// Plugin processes started so far.
-    pub fn plugin_calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
     }
 
     /// Whether some provider's `matchImages` matches `image`.
@@ -502,20 +502,37 @@ impl CredentialProviders {
                 remaining.as_secs_f64()
             ));
         }
-        self.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let (path, args, env) = (
             provider.path.clone(),
             provider.config.args.clone(),
             provider.config.env.clone(),
         );
-        let out =
+        let ran =
             tokio::task::spawn_blocking(move || exec::run(&path, &args, &env, input, timeout))
                 .await
-                .map_err(|e| format!("the plugin runner failed: {e}"))?
-                .map_err(|e| e.to_string())?;
-        tracing::debug!(plugin = %provider.config.name, seconds = started.elapsed().as_secs_f64(), "credential provider answered");
-        parse_response(&out, &provider.config.api_version)
+                .map_err(|e| format!("the plugin runner failed: {e}"));
+        let response = match ran {
+            Ok(Ok(out)) => {
+                parse_response(&out, &provider.config.api_version).map_err(|e| ("invalid", e))
+            }
+            Ok(Err(e @ exec::ExecError::Timeout { .. })) => Err(("timeout", e.to_string())),
+            Ok(Err(e @ exec::ExecError::Exit { .. })) => Err(("exit", e.to_string())),
+            Ok(Err(e @ exec::ExecError::TooLarge { .. })) => Err(("invalid", e.to_string())),
+            Ok(Err(e)) => Err(("error", e.to_string())),
+            Err(e) => Err(("error", e)),
+        };
+        let outcome = response.as_ref().map_or_else(|(label, _)| *label, |_| "ok");
+        tracing::debug!(plugin = %provider.config.name, outcome, seconds = started.elapsed().as_secs_f64(), "credential provider ran");
+        if let Some(m) = &self.metrics {
+            m.plugin_runs
+                .get_or_create(&crate::metrics::PluginLabels {
+                    provider: provider.config.name.clone(),
+                    outcome,
+                })
+                .inc();
+        }
+        response.map_err(|(_, e)| e)
     }
 }
 
