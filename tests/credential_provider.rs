@@ -583,7 +583,7 @@ fn chart_identity(
 }
 
 /// The claims of a JWT (unverified: the API server signed it, the test only reads it).
-fn claims(jwt: &str) -> Value {
+fn jwt_claims(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).expect("a JWT has three parts");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
@@ -662,7 +662,7 @@ fn the_pods_service_account_token_reaches_the_plugin_through_a_real_api_server()
         json!({"example.com/registry-role": "reader", "example.com/tenant": "shop"})
     );
     let token = request["serviceAccountToken"].as_str().expect("a token");
-    let claims = claims(token);
+    let claims = jwt_claims(token);
     assert_eq!(claims["aud"], json!([AUDIENCE]), "{claims}");
     assert_eq!(
         claims["sub"],
@@ -698,17 +698,40 @@ fn the_pods_service_account_token_reaches_the_plugin_through_a_real_api_server()
     assert_eq!(plugin.calls().len(), before);
 
     // An account without the required annotation: the plugin is not asked, and the denial says why.
-    let in_shop = |account: &str| {
+    let in_ns = |ns: &str, account: &str| {
         let mut r = review(&image);
-        r["request"]["namespace"] = json!(SHOP);
-        r["request"]["object"]["metadata"]["namespace"] = json!(SHOP);
+        r["request"]["namespace"] = json!(ns);
+        r["request"]["object"]["metadata"]["namespace"] = json!(ns);
         r["request"]["object"]["spec"]["serviceAccountName"] = json!(account);
         r
     };
+    let in_shop = |account: &str| in_ns(SHOP, account);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+
+    // No leak across service accounts or namespaces: an account of the same name and
+    // annotations in another namespace is asked about on its own, with its own token.
+    let other = "credprov-other";
+    c.namespace(other, None);
+    c.apply_in(
+        other,
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "builder",
+            "annotations": {"example.com/registry-role": "reader", "example.com/tenant": "shop"}}})
+        .to_string(),
+    );
+    let resp = rt.block_on(mutate(&pinhook, &in_ns(other, "builder")));
+    assert_eq!(pinned(&resp), format!("{image}@{digest}"));
+    let calls = plugin.calls();
+    assert_eq!(calls.len(), before + 1, "asked again for another namespace");
+    let sub = jwt_claims(
+        calls[before]["request"]["serviceAccountToken"]
+            .as_str()
+            .unwrap(),
+    )["sub"]
+        .clone();
+    assert_eq!(sub, format!("system:serviceaccount:{other}:builder"));
     let msg = denial(&rt.block_on(mutate(&pinhook, &in_shop("plain"))));
     assert!(
         msg.contains(&format!(

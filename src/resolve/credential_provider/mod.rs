@@ -105,11 +105,14 @@ struct Request<'a> {
     service_account_annotations: Option<&'a BTreeMap<String, String>>,
 }
 
+/// A response as decoded once `kind` and `apiVersion` are known to be right.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawResponse {
-    kind: String,
-    api_version: String,
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    #[serde(rename = "apiVersion")]
+    _api_version: serde::de::IgnoredAny,
     #[serde(default)]
     cache_key_type: String,
     cache_duration: Option<String>,
@@ -575,8 +578,6 @@ fn parse_response(out: &[u8], api_version: &str) -> Result<Response, String> {
             crate::text::clip(what, 200)
         )
     })?;
-    debug_assert_eq!(raw.kind, header.kind);
-    let _ = raw.api_version;
     let cache_key_type = match raw.cache_key_type.as_str() {
         "Image" => CacheKeyType::Image,
         "Registry" => CacheKeyType::Registry,
@@ -725,6 +726,100 @@ mod tests {
         .unwrap();
         assert_eq!(ok.cache_key_type, CacheKeyType::Global);
         assert_eq!(ok.cache_duration, Some(Duration::from_secs(90)));
+    }
+
+    /// A config for one provider `p` in a temporary directory, and its bin dir.
+    fn setup(executable: Option<u32>) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(
+            &config,
+            "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: p\n    matchImages: [r.io]\n    defaultCacheDuration: 1m\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n",
+        )
+        .unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        if let Some(mode) = executable {
+            std::fs::write(bin.join("p"), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(bin.join("p"), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        (dir, config, bin)
+    }
+
+    #[test]
+    fn load_checks_the_bin_dir_and_each_executable() {
+        let (_dir, config, bin) = setup(Some(0o755));
+        let p = CredentialProviders::load(&config, &bin, None, Duration::from_secs(3)).unwrap();
+        assert_eq!(p.names(), ["p"]);
+        assert!(!p.wants_tokens());
+        assert!(p.matches(&ImageRef::parse("r.io/team/app:1.0").unwrap()));
+        assert!(!p.matches(&ImageRef::parse("q.io/team/app:1.0").unwrap()));
+
+        let (_dir, config, bin) = setup(Some(0o644));
+        let err = CredentialProviders::load(&config, &bin, None, Duration::ZERO).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "credential provider \"p\": {}: not executable",
+                bin.join("p").display()
+            )
+        );
+        let (_dir, config, bin) = setup(None);
+        let err =
+            CredentialProviders::load(&config, &bin.join("p"), None, Duration::ZERO).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "credential provider bin dir {}: ",
+                bin.join("p").display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_provider_without_a_kubernetes_api_says_so() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, config, bin) = setup(Some(0o755));
+        std::fs::write(
+            &config,
+            "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: p\n    matchImages: [r.io]\n    defaultCacheDuration: 1m\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n    tokenAttributes:\n      serviceAccountTokenAudience: a\n      requireServiceAccount: true\n      cacheType: Token\n",
+        )
+        .unwrap();
+        let marker = dir.path().join("ran");
+        std::fs::write(
+            bin.join("p"),
+            format!("#!/bin/sh\ntouch {}\n", marker.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(bin.join("p"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = CredentialProviders::load(&config, &bin, None, Duration::ZERO).unwrap();
+        assert!(p.wants_tokens());
+        let image = ImageRef::parse("r.io/app:1").unwrap();
+        let account = Account {
+            namespace: "shop",
+            name: "default",
+        };
+        let got = p
+            .credentials(
+                &image,
+                Some(account),
+                Instant::now() + Duration::from_secs(5),
+            )
+            .await;
+        assert!(got.keyring.is_empty());
+        assert_eq!(
+            got.failures,
+            [ProviderError {
+                plugin: "p".into(),
+                image: "r.io/app".into(),
+                reason: "it needs the pod's service-account token (tokenAttributes), and pinhook has no Kubernetes API to request one".into(),
+            }]
+        );
+        assert!(
+            !marker.exists(),
+            "the plugin must not run without its token"
+        );
     }
 
     #[test]
