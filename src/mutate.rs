@@ -1,4 +1,5 @@
-//! The one I/O step of `/mutate`: gather the pod's credentials and resolve every target of a
+//! The one I/O step of `/mutate`: gather the pod's credentials (pull secrets, the kubelet's
+//! credential providers, `--registry-config`) and resolve every target of a
 //! [`PinPlan`] concurrently before the admission deadline (the resolver bounds the lookups
 //! in flight, per registry and across the process).
 
@@ -21,7 +22,7 @@ pub struct Pinner {
     registry_config: Keyring,
 }
 
-/// The credentials of one object: the pod's, `--registry-config`, and whose pod it is.
+/// What one object's credentials depend on: its pod's pull secrets, and whose pod it is.
 struct Credentials<'a> {
     pod: Keyring,
     account: Account<'a>,
