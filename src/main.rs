@@ -215,7 +215,7 @@ fn resolve(args: &ResolveCmdArgs) -> ExitCode {
         let own_scope = match &providers {
             Some(p) if p.matches(&reference) => {
                 let provided = runtime.block_on(p.credentials(&reference, None, deadline));
-                for f in &provided.failures {
+                for f in provided.failures.iter().chain(&provided.not_asked) {
                     eprintln!("{image}: {f}");
                 }
                 let mut keyring = provided.keyring;

@@ -126,10 +126,18 @@ impl Pinner {
         let provided = providers
             .credentials(&target.reference, Some(credentials.account), deadline)
             .await;
-        let failures: Vec<String> = provided.failures.iter().map(ToString::to_string).collect();
-        for f in &failures {
+        for f in &provided.failures {
             tracing::warn!(error = %f, "credential provider gave no credentials; going on with the other credential sources");
         }
+        for n in &provided.not_asked {
+            tracing::debug!(reason = %n, "credential provider not asked");
+        }
+        let failures: Vec<String> = provided
+            .failures
+            .iter()
+            .chain(&provided.not_asked)
+            .map(ToString::to_string)
+            .collect();
         if provided.keyring.is_empty() {
             return (None, failures);
         }

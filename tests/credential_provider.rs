@@ -739,6 +739,15 @@ fn the_pods_service_account_token_reaches_the_plugin_through_a_real_api_server()
         )),
         "{msg}"
     );
+    // Opting out by leaving the annotation off is not a failure: no warning is logged for it.
+    assert!(
+        !pinhook
+            .lines()
+            .iter()
+            .any(|l| l.contains("going on with the other credential sources")),
+        "{:?}",
+        pinhook.lines()
+    );
     let msg = denial(&rt.block_on(mutate(&pinhook, &in_shop("ghost"))));
     assert!(
         msg.contains(&format!(

@@ -89,8 +89,26 @@ pub struct Account<'a> {
 pub struct Provided {
     /// Their credentials, in provider order.
     pub keyring: Keyring,
-    /// Why a matching provider gave nothing.
+    /// Matching providers that failed, and why.
     pub failures: Vec<ProviderError>,
+    /// Matching providers not asked by design (the service account lacks a required
+    /// annotation: workloads opt in that way), and why; worth a word only if access is refused.
+    pub not_asked: Vec<ProviderError>,
+}
+
+/// Why a matching provider gave nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Nothing {
+    /// It failed.
+    Failed(String),
+    /// It was not to be asked for this pod.
+    NotAsked(String),
+}
+
+impl From<String> for Nothing {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -343,7 +361,7 @@ impl CredentialProviders {
                 continue;
             }
             match self.ask(provider, &name, account, deadline).await {
-                Ok(Some(auth)) => {
+                Ok(auth) => {
                     let credentials = matching_credentials(&auth, &name)
                         .into_iter()
                         .map(|a| Credential {
@@ -356,26 +374,30 @@ impl CredentialProviders {
                         .keyring
                         .extend(Keyring::for_registry(image.registry(), credentials));
                 }
-                Ok(None) => {}
-                Err(reason) => provided.failures.push(ProviderError {
-                    plugin: provider.config.name.clone(),
-                    image: name.clone(),
-                    reason,
-                }),
+                Err(nothing) => {
+                    let (list, reason) = match nothing {
+                        Nothing::Failed(r) => (&mut provided.failures, r),
+                        Nothing::NotAsked(r) => (&mut provided.not_asked, r),
+                    };
+                    list.push(ProviderError {
+                        plugin: provider.config.name.clone(),
+                        image: name.clone(),
+                        reason,
+                    });
+                }
             }
         }
         provided
     }
 
-    /// One provider's `auth` entries for `image`: cached, or from the plugin. `Ok(None)`: the
-    /// provider is not to be asked for this pod (a required annotation is missing).
+    /// One provider's `auth` entries for `image`: cached, or from the plugin.
     async fn ask(
         &self,
         provider: &Provider,
         image: &str,
         account: Option<Account<'_>>,
         deadline: Instant,
-    ) -> Result<Option<Vec<AuthEntry>>, String> {
+    ) -> Result<Vec<AuthEntry>, Nothing> {
         let p = &provider.config;
         // The service account's part of cache and single-flight keys, its token and annotations.
         let mut sa_key = String::new();
@@ -391,9 +413,9 @@ impl CredentialProviders {
             let who = format!("{}/{}", account.namespace, account.name);
             match accounts.get(account.namespace, account.name).await? {
                 None if t.require_service_account => {
-                    return Err(format!(
+                    return Err(Nothing::Failed(format!(
                         "service account {who} does not exist, and the provider requires one (requireServiceAccount: true)"
-                    ));
+                    )));
                 }
                 // Not required: asked without a token, as the kubelet does for a pod without one.
                 None => {}
@@ -405,9 +427,9 @@ impl CredentialProviders {
                                 chosen.insert(k.clone(), v.clone());
                             }
                             None => {
-                                return Err(format!(
+                                return Err(Nothing::NotAsked(format!(
                                     "service account {who} lacks the required annotation {k:?}, so the provider was not asked"
-                                ));
+                                )));
                             }
                         }
                     }
@@ -440,7 +462,7 @@ impl CredentialProviders {
         let registry = image.split('/').next().unwrap_or(image);
         for base in [image, registry, "\u{0}global"] {
             if let Some(hit) = self.cache.get(&key(base)).await {
-                return Ok(Some(hit.auth.clone()));
+                return Ok(hit.auth.clone());
             }
         }
         // One plugin process for concurrent identical requests (image, token, annotations).
@@ -484,7 +506,7 @@ impl CredentialProviders {
                 )
                 .await;
         }
-        Ok(Some(response.auth))
+        Ok(response.auth)
     }
 
     /// Runs the plugin with `input` within `deadline` less the reserve, and reads its response.
