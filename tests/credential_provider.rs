@@ -49,7 +49,8 @@ response = {
     "kind": "CredentialProviderResponse",
     "apiVersion": setting("api_version", "credentialprovider.kubelet.k8s.io/v1"),
     "cacheKeyType": setting("cache_key_type", "Registry"),
-    "auth": {setting("auth_key", ""): {"username": setting("user", ""), "password": setting("password", "")}},
+    "auth": {key: {"username": setting("user", ""), "password": setting("password", "")}
+             for key in setting("auth_keys", "").split(",")},
 }
 duration = setting("cache_duration", "")
 if duration:
@@ -65,11 +66,12 @@ struct Plugin {
 impl Plugin {
     /// `test-plugin` for images of `host`, handing out `user:password` for `host`.
     fn new(host: &str, user: &str, password: &str) -> Self {
-        Self::with(host, user, password, "")
+        Self::with(&[host], user, password, "")
     }
 
-    /// [`Plugin::new`] with `extra` YAML added to the provider's entry (indented 4 spaces).
-    fn with(host: &str, user: &str, password: &str, extra: &str) -> Self {
+    /// `test-plugin` for images of `hosts`, handing out `user:password` for each, with `extra`
+    /// YAML added to the provider's entry (indented 4 spaces).
+    fn with(hosts: &[&str], user: &str, password: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("bin");
         let state = dir.path().join("state");
@@ -84,7 +86,7 @@ impl Plugin {
 kind: CredentialProviderConfig
 providers:
   - name: test-plugin
-    matchImages: ["{host}", "*.unused.example"]
+    matchImages: [{match_images}, "*.unused.example"]
     defaultCacheDuration: 5m
     apiVersion: credentialprovider.kubelet.k8s.io/v1
     args: [get-credentials, --verbose]
@@ -94,11 +96,16 @@ providers:
       - name: PLUGIN_GREETING
         value: from-the-config
 {extra}"#,
-            state = state.display()
+            state = state.display(),
+            match_images = hosts
+                .iter()
+                .map(|h| format!("{h:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         let p = Self { dir };
-        p.set("auth_key", host);
+        p.set("auth_keys", &hosts.join(","));
         p.set("user", user);
         p.set("password", password);
         p
@@ -297,6 +304,38 @@ async fn an_image_keyed_answer_is_reused_for_that_image_only_and_zero_duration_n
         assert_eq!(pinned(&resp), format!("{h}/private/app:1.0.0@{one}"));
     }
     assert_eq!(fresh.calls().len(), 3);
+}
+
+#[tokio::test]
+async fn a_global_answer_serves_another_registry_with_its_own_entry_of_the_auth_map() {
+    let a = basic_registry();
+    let b = Registry::start(RegistryOptions {
+        tls: false,
+        auth: RegistryAuth::basic("alice", "s3cret"),
+    });
+    let da = a.push("private/app", "1.0.0", &TestImage::single("cp-global-a"));
+    let db = b.push("private/app", "1.0.0", &TestImage::single("cp-global-b"));
+    let plugin = Plugin::with(&[&a.host, &b.host], "alice", "s3cret", "");
+    plugin.set("cache_key_type", "Global");
+    let server = Pinhook::start_with(Options {
+        policy: Some(format!(
+            "registries:\n  - host: {}\n    insecure: true\n  - host: {}\n    insecure: true\n",
+            a.host, b.host
+        )),
+        args: plugin.args(),
+        ..Default::default()
+    });
+    for (reg, digest) in [(&a, &da), (&b, &db)] {
+        let image = format!("{}/private/app:1.0.0", reg.host);
+        let resp = mutate(&server, &review(&image)).await;
+        assert_eq!(pinned(&resp), format!("{image}@{digest}"));
+    }
+    let calls = plugin.calls();
+    assert_eq!(calls.len(), 1, "one answer for every registry: {calls:?}");
+    assert_eq!(
+        calls[0]["request"]["image"],
+        format!("{}/private/app", a.host)
+    );
 }
 
 #[tokio::test]
@@ -599,7 +638,7 @@ fn the_pods_service_account_token_reaches_the_plugin_through_a_real_api_server()
     let h = reg.host.clone();
     let digest = reg.push("private/app", "1.0.0", &TestImage::single("cp-e2e"));
     let image = format!("{h}/private/app:1.0.0");
-    let plugin = Plugin::with(&h, "alice", "s3cret", TOKEN_ATTRIBUTES);
+    let plugin = Plugin::with(&[&h], "alice", "s3cret", TOKEN_ATTRIBUTES);
 
     c.namespace(RELEASE_NS, None);
     c.namespace(SHOP, Some(RELEASE));
