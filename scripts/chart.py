@@ -12,7 +12,7 @@ object, each preceded by `# Source: pinhook/templates/FILE`, in Helm's install o
     chart.py check                                 render every mode, validate, lint (CI)
 
 `check` renders the three certificate modes (bootstrap, certManager, secret) into
-target/chart/MODE.yaml, and the optional parts that are off by default (OPTIONAL: drift) into
+target/chart/MODE.yaml, and the optional parts that are off by default (OPTIONAL: drift, credential-providers) into
 target/chart/NAME.yaml, validates every built-in object against the Kubernetes OpenAPI schema
 of each minor version the chart supports (PyPI `kubernetes-validate`, strict: unknown fields
 are errors), checks the cert-manager objects' shape, lints the chart with Helm's linter, makes
@@ -63,6 +63,25 @@ INSTALL_ORDER = [
 # Optional parts, off by default, that `check` also renders on: name -> values.
 OPTIONAL = {
     "drift": {"drift": {"rbac": {"enabled": True}}},
+    "credential-providers": {
+        "credentialProviders": {
+            "enabled": True,
+            "config": {
+                "apiVersion": "kubelet.config.k8s.io/v1",
+                "kind": "CredentialProviderConfig",
+                "providers": [
+                    {
+                        "name": "ecr-credential-provider",
+                        "matchImages": ["*.dkr.ecr.*.amazonaws.com"],
+                        "defaultCacheDuration": "12h",
+                        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+                    }
+                ],
+            },
+            "binVolume": {"hostPath": {"path": "/etc/eks/image-credential-provider", "type": "Directory"}},
+            "serviceAccountTokens": {"enabled": True},
+        }
+    },
 }
 
 # The Kubernetes minor versions the chart supports (Chart.yaml kubeVersion) that

@@ -61,6 +61,21 @@ pub struct RegistryArgs {
     /// A docker `config.json` with registry credentials, used after the pod's pull secrets.
     #[arg(long, env = "PINHOOK_REGISTRY_CONFIG")]
     pub registry_config: Option<PathBuf>,
+    /// The kubelet's `CredentialProviderConfig` file: its plugins are asked for credentials
+    /// after the pod's pull secrets and before --registry-config.
+    #[arg(
+        long,
+        env = "PINHOOK_IMAGE_CREDENTIAL_PROVIDER_CONFIG",
+        requires = "image_credential_provider_bin_dir"
+    )]
+    pub image_credential_provider_config: Option<PathBuf>,
+    /// The directory holding the credential-provider plugins' executables.
+    #[arg(
+        long,
+        env = "PINHOOK_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR",
+        requires = "image_credential_provider_config"
+    )]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
     /// Timeout of each registry HTTP call.
     #[arg(long, env = "PINHOOK_REGISTRY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub registry_timeout: Duration,
@@ -126,6 +141,30 @@ impl RegistryArgs {
             max_concurrent_per_registry: self.max_concurrent_resolutions_per_registry,
             addresses: self.registry_addresses.iter().cloned().collect(),
         }
+    }
+
+    /// The plugins of `--image-credential-provider-config`, if given; `accounts` serves those
+    /// that want the pod's service-account token.
+    pub fn credential_providers(
+        &self,
+        accounts: Option<crate::resolve::credential_provider::ServiceAccounts>,
+    ) -> Result<
+        Option<crate::resolve::credential_provider::CredentialProviders>,
+        crate::resolve::credential_provider::SetupError,
+    > {
+        let (Some(config), Some(bin_dir)) = (
+            &self.image_credential_provider_config,
+            &self.image_credential_provider_bin_dir,
+        ) else {
+            return Ok(None);
+        };
+        crate::resolve::credential_provider::CredentialProviders::load(
+            config,
+            bin_dir,
+            accounts,
+            self.registry_timeout,
+        )
+        .map(Some)
     }
 
     /// The credentials of `--registry-config`, if given.

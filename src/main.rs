@@ -159,6 +159,10 @@ fn resolve(args: &ResolveCmdArgs) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(e.to_string()),
     };
+    let providers = match args.registry.credential_providers(None) {
+        Ok(p) => p,
+        Err(e) => return fail(e.to_string()),
+    };
     let metrics = std::sync::Arc::new(pinhook::metrics::Metrics::new());
     let resolver = match Resolver::new(
         policy.registries(),
@@ -206,7 +210,24 @@ fn resolve(args: &ResolveCmdArgs) -> ExitCode {
             continue;
         }
         let deadline = std::time::Instant::now() + args.registry.registry_timeout * 3;
-        match runtime.block_on(resolver.resolve(&reference, &scope, deadline, false)) {
+        // Credential providers' credentials come before --registry-config's, as in /mutate.
+        let own_scope = match &providers {
+            Some(p) if p.matches(&reference) => {
+                let provided = runtime.block_on(p.credentials(&reference, None, deadline));
+                for f in provided.failures.iter().chain(&provided.not_asked) {
+                    eprintln!("{image}: {f}");
+                }
+                let mut keyring = provided.keyring;
+                keyring.extend(scope.keyring.clone());
+                Some(Scope {
+                    keyring,
+                    ..scope.clone()
+                })
+            }
+            _ => None,
+        };
+        let scope = own_scope.as_ref().unwrap_or(&scope);
+        match runtime.block_on(resolver.resolve(&reference, scope, deadline, false)) {
             Ok(r) => println!(
                 "{}",
                 pinhook::pin::pinned_reference(image, &r.digest, profile.keep_tag)

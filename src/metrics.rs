@@ -70,6 +70,15 @@ pub struct PinLabels {
     pub result: &'static str,
 }
 
+/// Labels of a credential-provider plugin run.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// The provider's name, from the config file (so the set of values is bounded).
+    pub provider: String,
+    /// `ok`, `timeout`, `exit` (non-zero status), `invalid` (unusable response) or `error`.
+    pub outcome: &'static str,
+}
+
 /// What one admission answer is counted under.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AnswerLabels {
@@ -111,6 +120,8 @@ pub struct Metrics {
     pub log_queue_bytes: Gauge,
     /// Log lines dropped because the log queue was full, by stream, set when scraped.
     pub log_lines_dropped: Family<StreamLabels, Counter>,
+    /// Credential-provider plugin processes run, by provider and outcome.
+    pub plugin_runs: Family<PluginLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -208,10 +219,17 @@ impl Metrics {
             "Log lines dropped because the log queue was full, by stream (audit or log)",
             log_lines_dropped.clone(),
         );
+        let plugin_runs = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "credential_provider_runs",
+            "Credential-provider plugin processes run, by provider and outcome",
+            plugin_runs.clone(),
+        );
         policy_valid.set(1);
         Self {
             log_queue_bytes,
             log_lines_dropped,
+            plugin_runs,
             cache,
             cache_entries,
             registry_requests,

@@ -25,6 +25,9 @@ pub enum OfflineError {
     /// `--registry-config` is unusable.
     #[error(transparent)]
     RegistryConfig(#[from] RegistryConfigFileError),
+    /// `--image-credential-provider-config` or its bin dir is unusable.
+    #[error(transparent)]
+    CredentialProviders(#[from] crate::resolve::credential_provider::SetupError),
     /// The policy's `registries` list is unusable.
     #[error("{file}: {source}")]
     Registries {
@@ -151,7 +154,8 @@ impl Offline {
             source,
         })?;
         Ok(Self {
-            pinner: Pinner::new(Arc::new(resolver), None, keyring),
+            pinner: Pinner::new(Arc::new(resolver), None, keyring)
+                .with_credential_providers(registry.credential_providers(None)?.map(Arc::new)),
             // Each object gets the time of a few registry calls (token, HEAD, a retry).
             budget: registry.registry_timeout * 3,
             policy,

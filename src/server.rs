@@ -903,7 +903,26 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             None
         }
     };
-    let pinner = Pinner::new(Arc::new(resolver), secrets, registry_config);
+    let accounts = secrets.as_ref().map(|s| {
+        crate::resolve::credential_provider::ServiceAccounts::new(s.client(), args.secret_cache_ttl)
+    });
+    let providers =
+        args.registry
+            .credential_providers(accounts)
+            .map_err(|e| ServeError::Config {
+                message: e.to_string(),
+            })?;
+    if let Some(p) = &providers {
+        tracing::info!(providers = ?p.names(), "credential providers are on: their plugins are asked after the pod's pull secrets and before --registry-config");
+        if p.wants_tokens() && secrets.is_none() {
+            tracing::warn!(
+                "a credential provider wants service-account tokens (tokenAttributes) and no Kubernetes API is configured: it will give no credentials"
+            );
+        }
+    }
+    let providers = providers.map(|p| Arc::new(p.with_metrics(metrics.clone())));
+    let pinner = Pinner::new(Arc::new(resolver), secrets, registry_config)
+        .with_credential_providers(providers);
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,

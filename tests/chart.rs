@@ -766,3 +766,118 @@ fn drift_rbac_is_off_by_default_and_read_only() {
         .collect();
     assert_eq!(without, render("bootstrap").iter().collect::<Vec<_>>());
 }
+
+#[test]
+fn credential_providers_are_off_by_default_and_mount_the_config_and_grant_tokens_when_asked() {
+    for mode in MODES {
+        let docs = render(mode);
+        let args = strings(&container(&docs)["args"]);
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--image-credential-provider")),
+            "{mode}: {args:?}"
+        );
+        assert!(
+            docs.iter().all(|d| !d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("credential-provider")
+                && d["metadata"]["name"] != "pinhook-service-account-tokens"),
+            "{mode}: credential-provider objects rendered without credentialProviders.enabled"
+        );
+    }
+    let config = "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: ecr-credential-provider\n    matchImages: [\"*.dkr.ecr.*.amazonaws.com\"]\n    defaultCacheDuration: 12h\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n";
+    let values = format!(
+        "credentialProviders:\n  enabled: true\n  config:\n{}  binVolume:\n    hostPath:\n      path: /etc/eks/image-credential-provider\n",
+        config
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    let docs = render_with("bootstrap", "pinhook", "pinhook", Some(&values));
+    // The flags the binary accepts, pointing at what is mounted.
+    let args = serve_args(&docs);
+    let config_path = args
+        .registry
+        .image_credential_provider_config
+        .clone()
+        .unwrap();
+    let bin_dir = args
+        .registry
+        .image_credential_provider_bin_dir
+        .clone()
+        .unwrap();
+    let mounts = container(&docs)["volumeMounts"].as_array().unwrap().clone();
+    let mounted = |name: &str| -> PathBuf {
+        let m = mounts.iter().find(|m| m["name"] == name).unwrap();
+        assert_eq!(m["readOnly"], true, "{m}");
+        PathBuf::from(m["mountPath"].as_str().unwrap())
+    };
+    assert_eq!(
+        config_path.parent().unwrap(),
+        mounted("credential-provider-config")
+    );
+    assert_eq!(bin_dir, mounted("credential-provider-bin"));
+    let volumes = one(&docs, "Deployment")["spec"]["template"]["spec"]["volumes"].clone();
+    let volume = |name: &str| {
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        volume("credential-provider-bin"),
+        json!({"name": "credential-provider-bin", "hostPath": {"path": "/etc/eks/image-credential-provider"}})
+    );
+    let cm_name = volume("credential-provider-config")["configMap"]["name"].clone();
+    let cm = all(&docs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == cm_name)
+        .unwrap();
+    // The file pinhook reads is a valid config, equal to the values given.
+    let text = cm["data"][config_path.file_name().unwrap().to_str().unwrap()]
+        .as_str()
+        .unwrap();
+    let parsed = pinhook::resolve::credential_provider::config::CredentialProviderConfig::parse(
+        text.as_bytes(),
+        &config_path,
+    )
+    .unwrap();
+    assert_eq!(parsed.providers[0].name, "ecr-credential-provider");
+    // Tokens are a separate opt-in: no token RBAC yet.
+    assert!(
+        all(&docs, "ClusterRole")
+            .iter()
+            .all(|r| !r["rules"].to_string().contains("serviceaccounts/token"))
+    );
+
+    let docs = render_with(
+        "bootstrap",
+        "pinhook",
+        "pinhook",
+        Some(&format!(
+            "{values}  serviceAccountTokens:\n    enabled: true\n"
+        )),
+    );
+    let role = all(&docs, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "pinhook-service-account-tokens")
+        .expect("the token ClusterRole");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}])
+    );
+    let binding = all(&docs, "ClusterRoleBinding")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "pinhook-service-account-tokens")
+        .expect("the token ClusterRoleBinding");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "pinhook", "namespace": "pinhook"}])
+    );
+    assert_eq!(binding["roleRef"]["name"], "pinhook-service-account-tokens");
+}

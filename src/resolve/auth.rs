@@ -222,6 +222,18 @@ impl Keyring {
         Ok(Self { entries: out })
     }
 
+    /// A keyring of `credentials`, in order, for every repository of `registry` (credentials
+    /// already matched to an image, e.g. from a credential provider).
+    pub fn for_registry(registry: &str, credentials: Vec<Credential>) -> Self {
+        let location = Location::parse(registry);
+        Self {
+            entries: credentials
+                .into_iter()
+                .map(|c| (location.clone(), c))
+                .collect(),
+        }
+    }
+
     /// Appends `other`'s entries after this keyring's own (lower priority).
     pub fn extend(&mut self, other: Keyring) {
         self.entries.extend(other.entries);

@@ -2,6 +2,7 @@
 //! credential scope, a bounded stale window for registry outages, and errors in plain words.
 
 pub mod auth;
+pub mod credential_provider;
 pub mod digest;
 mod guard;
 pub mod host;

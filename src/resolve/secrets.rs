@@ -58,6 +58,11 @@ impl PullSecrets {
         }
     }
 
+    /// The Kubernetes client, shared with other readers of the API.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// The keyring for a pod in `namespace`: its own pull secrets first, then its service account's.
     pub async fn keyring(
         &self,
