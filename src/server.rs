@@ -826,6 +826,16 @@ pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 64;
 /// window (hyper's default is ~400 KB).
 pub const HTTP2_MAX_SEND_BUF_BYTES: usize = 64 * 1024;
 
+/// Request bytes one HTTP/2 stream may send before pinhook reads them. A stream whose body waits
+/// for `--max-inflight-body-bytes` is not read; with hyper's default (1 MiB, the whole
+/// connection window) one such stream stalled every other request on its connection.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 128 * 1024;
+
+/// Request bytes all streams of one HTTP/2 connection may send before pinhook reads them: 16
+/// waiting streams' worth, so it takes that many to stall a connection, and at most 2 MiB per
+/// connection is buffered outside the body budget.
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 * HTTP2_STREAM_WINDOW_BYTES;
+
 /// How often an HTTP/2 connection is pinged when nothing arrives on it.
 pub const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -843,6 +853,8 @@ fn configure_connections(
     builder
         .http2()
         .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .max_send_buf_size(HTTP2_MAX_SEND_BUF_BYTES)
         .keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);

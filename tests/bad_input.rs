@@ -463,6 +463,61 @@ async fn connections_past_the_cap_wait_then_are_closed_and_the_cap_frees_with_th
     assert_eq!(status, 400, "served once the first connection closed");
 }
 
+#[tokio::test]
+async fn a_stream_waiting_for_the_budget_does_not_stall_its_connection() {
+    let server = Pinhook::start_with(Options {
+        args: vec![
+            "--max-body-bytes".into(),
+            "2000000".into(),
+            "--max-inflight-body-bytes".into(),
+            "2000000".into(),
+        ],
+        ..Default::default()
+    });
+    // Another client holds 1,200,000 bytes of the budget while its body trickles in.
+    let mut slow = server.raw_tls(Duration::from_secs(20));
+    slow.write_all(b"POST /validate?timeout=20s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1200000\r\n\r\n{")
+        .unwrap();
+    slow.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // On one HTTP/2 connection: a 1,900,000-byte review (more than hyper's default 1 MiB connection window) waits for the budget, its body unread...
+    let client = server.client(Http::V2);
+    let big = tokio::spawn({
+        let (client, url) = (client.clone(), server.url("/validate?timeout=8s"));
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 1_900_000])
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and an ordinary review on the same connection, which fits, is answered at once: the
+    // waiting stream may not hold the connection's whole receive window.
+    let started = Instant::now();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(4),
+        client
+            .post(server.url("/validate?timeout=8s"))
+            .json(&fixture("pod_version_tags"))
+            .send(),
+    )
+    .await
+    .expect("the small review was stalled behind the waiting one")
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(slow);
+    assert!(matches!(big.await.unwrap(), Ok(400 | 503)));
+}
+
 #[test]
 fn an_inflight_budget_below_the_body_limit_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -416,15 +416,20 @@ pub trait Resolve: Send + Sync + std::fmt::Debug {
         fresh: bool,
     ) -> BoxFuture<'a, Result<Resolved, ResolveError>>;
 
-    /// Number of cached answers, for `/metrics`.
-    fn cached_entries(&self) -> BoxFuture<'_, u64>;
+    /// Number of cached answers, for `/metrics` (none, for a resolver without a cache).
+    fn cached_entries(&self) -> BoxFuture<'_, u64> {
+        Box::pin(async { 0 })
+    }
 
     /// Takes the `registries` of a reloaded policy; an unusable `caFile` refuses the reload.
+    /// A resolver without per-registry settings has nothing to take.
     fn reconfigure(
         &self,
-        registries: &[RegistrySettings],
-        call_timeout: Duration,
-    ) -> Result<(), RegistryConfigError>;
+        _registries: &[RegistrySettings],
+        _call_timeout: Duration,
+    ) -> Result<(), RegistryConfigError> {
+        Ok(())
+    }
 }
 
 impl Resolve for Resolver {

@@ -12,10 +12,10 @@ use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use pinhook::metrics::Metrics;
 use pinhook::mutate::Pinner;
-use pinhook::policy::{Policy, RegistrySettings};
+use pinhook::policy::Policy;
 use pinhook::reference::ImageRef;
 use pinhook::resolve::auth::Keyring;
-use pinhook::resolve::{RegistryConfigError, Resolve, ResolveError, Resolved, Scope};
+use pinhook::resolve::{Resolve, ResolveError, Resolved, Scope};
 use pinhook::server::{AppState, Limits, ops_router, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -105,18 +105,6 @@ impl Resolve for FakeResolver {
                 }),
             }
         })
-    }
-
-    fn cached_entries(&self) -> BoxFuture<'_, u64> {
-        Box::pin(async { 0 })
-    }
-
-    fn reconfigure(
-        &self,
-        _registries: &[RegistrySettings],
-        _call_timeout: Duration,
-    ) -> Result<(), RegistryConfigError> {
-        Ok(())
     }
 }
 
