@@ -3,7 +3,7 @@ CARGO ?= cargo
 # Python with the packaging tools (Helm renderer, kubernetes-validate, hadolint).
 TOOLS_PY := .tools/venv/bin/python
 
-.PHONY: all build cluster cluster-check demo test test-deps fmt-check clippy unit bench bench-deps bench-core profile \
+.PHONY: all build cluster cluster-check oracle fuzz demo test test-deps fmt-check clippy unit bench bench-deps bench-core profile \
 	packaging-deps packaging-check static image-check dockerfile-lint manifests chart-check
 
 all: build
@@ -17,8 +17,23 @@ demo: test-deps build
 
 ## Everything CI checks: formatting, lints, packaging, the Go test harness, unit, integration
 ## and end-to-end tests (a real control plane: tests/cluster).
-test: test-deps fmt-check clippy packaging-check cluster-check
+test: test-deps fmt-check clippy packaging-check cluster-check oracle
 	$(CARGO) test --locked --all-targets
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## Seconds each fuzz target runs in `make test` (a short run; `make fuzz` runs longer).
+FUZZ_SECONDS ?= 15
+
+## Coverage-guided fuzzing, 10 minutes per target (cargo-fuzz, libFuzzer; see README "Fuzzing").
+fuzz:
+	scripts/fuzz.sh 600
+
+## The reference oracle (tests/oracle): distribution/reference, the kubelet's image-reference
+## parser, and its published test vectors, for tests/reference_grammar.rs.
+oracle:
+	scripts/build-oracle.sh
+	@test -z "$$(gofmt -l tests/oracle)" || { echo "gofmt: $$(gofmt -l tests/oracle)" >&2; exit 1; }
+	cd tests/oracle && go vet ./...
 
 ## The test control plane (tests/cluster): kube-apiserver, kube-controller-manager and etcd of
 ## the Kubernetes release in tests/cluster/go.mod, and its kubectl, into tests/cluster/bin/.
@@ -34,6 +49,7 @@ test-deps: packaging-deps
 	scripts/install-test-deps.sh
 
 fmt-check:
+	cd fuzz && $(CARGO) fmt --check
 	$(CARGO) fmt --check
 
 clippy:
