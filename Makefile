@@ -54,6 +54,7 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	cd fuzz && $(CARGO) clippy --all-targets -- -D warnings
 
 ## The packaging checks CI runs: Dockerfile lint, the static binary in the image's root
 ## filesystem, the chart rendered in every mode and validated, manifests/ up to date.
