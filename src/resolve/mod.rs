@@ -833,19 +833,24 @@ mod tests {
         }
     }
 
-    fn resolver(host: &str, ttl: Duration) -> Resolver {
+    /// A resolver for the plain-HTTP fake registry at `host`, with `settings` and `metrics`.
+    fn resolver_with(host: &str, settings: &ResolverSettings, metrics: Arc<Metrics>) -> Resolver {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let registries = [RegistrySettings {
             host: host.to_owned(),
             insecure: true,
             ..Default::default()
         }];
+        Resolver::new(&registries, settings, metrics).unwrap()
+    }
+
+    fn resolver(host: &str, ttl: Duration) -> Resolver {
         let settings = ResolverSettings {
             ttl,
             negative_ttl: Duration::from_millis(1),
             ..Default::default()
         };
-        Resolver::new(&registries, &settings, Arc::new(Metrics::new())).unwrap()
+        resolver_with(host, &settings, Arc::new(Metrics::new()))
     }
 
     fn scope(stale_if_error: Duration) -> Scope {
@@ -910,18 +915,12 @@ mod tests {
     async fn the_cache_is_bounded_in_bytes_and_in_entries() {
         let reg = fake_registry(Duration::ZERO).await;
         let bounded = |max_entries: u64, max_bytes: u64| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let registries = [RegistrySettings {
-                host: reg.host.clone(),
-                insecure: true,
-                ..Default::default()
-            }];
             let settings = ResolverSettings {
                 max_entries,
                 max_bytes,
                 ..Default::default()
             };
-            Resolver::new(&registries, &settings, Arc::new(Metrics::new())).unwrap()
+            resolver_with(&reg.host, &settings, Arc::new(Metrics::new()))
         };
         // 400 tags of 230-character repositories: ~200 KiB of entries, for a 64 KiB cache.
         let long = "long-repository-name-".repeat(11);
@@ -1000,17 +999,11 @@ mod tests {
         use std::sync::atomic::Ordering;
         let reg = fake_registry(Duration::ZERO).await;
         let metrics = Arc::new(Metrics::new());
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let registries = [RegistrySettings {
-            host: reg.host.clone(),
-            insecure: true,
-            ..Default::default()
-        }];
         let settings = ResolverSettings {
             call_timeout: Duration::from_secs(2),
             ..Default::default()
         };
-        let r = Arc::new(Resolver::new(&registries, &settings, metrics.clone()).unwrap());
+        let r = Arc::new(resolver_with(&reg.host, &settings, metrics.clone()));
         // A port nobody listens on, on any address: every 127.a.b.c (all loopback) refuses it.
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -1086,18 +1079,12 @@ mod tests {
     }
 
     fn one_at_a_time(host: &str) -> Resolver {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let registries = [RegistrySettings {
-            host: host.to_owned(),
-            insecure: true,
-            ..Default::default()
-        }];
         let settings = ResolverSettings {
             max_concurrent: 1,
             max_concurrent_per_registry: 1,
             ..Default::default()
         };
-        Resolver::new(&registries, &settings, Arc::new(Metrics::new())).unwrap()
+        resolver_with(host, &settings, Arc::new(Metrics::new()))
     }
 
     async fn until(what: impl Fn() -> bool) {
